@@ -1,0 +1,27 @@
+// Package caddyfile registers every restgate Caddyfile directive and its
+// default position in the handler chain, in one place, so that the order is
+// read here and pinned by the golden adapt tests in testdata/.
+//
+// Caddy places a plugin directive only relative to a standard one, and
+// several "before X" registrations keep the order in which they are made. All
+// restgate handlers go before `push`, that is right after `encode`, in the
+// order of the request path:
+//
+//	encode ▶ api_errors ▶ … ▶ reverse_proxy
+//
+// so that an `encode` compresses what restgate produces (and never the body
+// api_errors has to read), api_errors wraps everything that can fail, and
+// nothing that can serve content runs before the access checks.
+package caddyfile
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	_ "github.com/restgate/restgate/modules/apihost"
+	"github.com/restgate/restgate/modules/problem"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("api_errors", problem.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
+}

@@ -1,0 +1,194 @@
+package tests
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultCaddyfile(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+
+	t.Run("health over verified TLS", func(t *testing.T) {
+		r := Do(t, c, "GET", g.URL("/v1/health"), "")
+		if r.StatusCode != 200 || r.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("got %d %q: %s", r.StatusCode, r.Header.Get("Content-Type"), r.Body)
+		}
+		m := r.JSON(t)
+		if m["status"] != "ok" || m["version"] != "v1" {
+			t.Errorf("health = %s", r.Body)
+		}
+		if r.TLS == nil || r.TLS.VerifiedChains == nil {
+			t.Error("TLS was not verified against the gateway's CA")
+		}
+		if r.Header.Get("X-Request-Id") == "" {
+			t.Error("no X-Request-Id")
+		}
+	})
+
+	t.Run("unknown path is a JSON 404", func(t *testing.T) {
+		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), ""), 404)
+		AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 404)
+		AssertProblem(t, Do(t, c, "HEAD", g.URL("/nothing"), ""), 404)
+	})
+
+	t.Run("other host is a JSON 404", func(t *testing.T) {
+		r := Do(t, c, "GET", g.URL("/v1/health"), "", "Host", "www.example.com")
+		m := AssertProblem(t, r, 404)
+		if !strings.Contains(fmt.Sprint(m["detail"]), "API host") {
+			t.Errorf("detail = %v", m["detail"])
+		}
+	})
+
+	t.Run("plain HTTP never reaches the API", func(t *testing.T) {
+		plain := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		r := Do(t, plain, "GET", fmt.Sprintf("http://127.0.0.1:%d/v1/health", g.HTTP), "", "Host", "api.localhost")
+		m := AssertProblem(t, r, 403)
+		if !strings.Contains(fmt.Sprint(m["detail"]), "HTTPS") {
+			t.Errorf("detail = %v, want it to say HTTPS", m["detail"])
+		}
+		if r.Header.Get("Location") != "" {
+			t.Error("plain HTTP was redirected; it must be refused")
+		}
+		AssertProblem(t, Do(t, plain, "GET", fmt.Sprintf("http://127.0.0.1:%d/", g.HTTP), "", "Host", "www.example.com"), 404)
+	})
+
+	t.Run("credentials never reach the log", func(t *testing.T) {
+		const key = "rg_SECRETKEY_5f0e1d2c3b4a"
+		Do(t, c, "GET", g.URL("/v1/health"), "", "X-Api-Key", key)
+		Do(t, c, "GET", g.URL("/v1/health"), "", "Authorization", "Bearer "+key)
+		Do(t, c, "GET", g.URL("/v1/health"), "", "Authorization", "Api-Key "+key)
+		Do(t, c, "GET", g.URL("/v1/health?api_key="+key), "")
+		waitFor(t, 5*time.Second, "access log lines", func() bool {
+			return strings.Count(g.Logs(), `"uri":"/v1/health`) >= 4
+		})
+		if strings.Contains(g.Logs(), key) {
+			t.Errorf("a key reached the log:\n%s", g.Logs())
+		}
+	})
+
+	t.Run("malformed requests get a 4xx", func(t *testing.T) {
+		tests := []struct {
+			name, request string
+			want          int // 0: any 4xx
+		}{
+			{"host with space", "GET /v1/health HTTP/1.1\r\nHost: api.local host\r\n\r\n", 400},
+			{"host with control byte", "GET /v1/health HTTP/1.1\r\nHost: api.\x01localhost\r\n\r\n", 400},
+			{"very long host", "GET /v1/health HTTP/1.1\r\nHost: api." + strings.Repeat("a", 70000) + "\r\n\r\n", 0},
+			{"no host", "GET /v1/health HTTP/1.1\r\n\r\n", 400},
+			{"two hosts", "GET /v1/health HTTP/1.1\r\nHost: api.localhost\r\nHost: api.localhost\r\n\r\n", 400},
+			{"absolute-form other host", "GET https://evil.example/v1/health HTTP/1.1\r\nHost: api.localhost\r\n\r\n", 404},
+			{"malformed host port", "GET /v1/health HTTP/1.1\r\nHost: api.localhost:99999999\r\n\r\n", 0},
+			{"dots only", "GET /v1/health HTTP/1.1\r\nHost: ...\r\n\r\n", 400},
+			{"ip literal host", "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				status := rawTLSRequest(t, g, tt.request)
+				if status < 400 || status > 499 || (tt.want != 0 && status != tt.want) {
+					t.Errorf("status = %d, want %v (a 4xx)", status, tt.want)
+				}
+			})
+		}
+		// still alive and well
+		if r := Do(t, c, "GET", g.URL("/v1/health"), ""); r.StatusCode != 200 {
+			t.Errorf("health after bad input = %d", r.StatusCode)
+		}
+		if strings.Contains(g.Logs(), "panic") {
+			t.Error("the gateway logged a panic")
+		}
+	})
+}
+
+// rawTLSRequest writes bytes as they are over a verified TLS connection to
+// api.localhost and returns the response's status code.
+func rawTLSRequest(t *testing.T, g *Gateway, request string) int {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp",
+		fmt.Sprintf("127.0.0.1:%d", g.HTTPS), &tls.Config{ServerName: "api.localhost", RootCAs: g.ca, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(request)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestCommands(t *testing.T) {
+	out := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary, args...)
+		cmd.Dir = ".."
+		cmd.Env = append(cmd.Environ(), "RESTGATE_DATA="+t.TempDir())
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("restgate %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return string(b)
+	}
+	if v := out("version"); !strings.HasPrefix(v, "v2.") {
+		t.Errorf("version = %q", v)
+	}
+	mods := out("list-modules")
+	for _, id := range []string{"http.matchers.api_host", "http.handlers.api_errors", "http.handlers.reverse_proxy"} {
+		if !strings.Contains(mods, id+"\n") {
+			t.Errorf("list-modules lacks %s", id)
+		}
+	}
+	if v := out("validate", "--config", "Caddyfile"); !strings.Contains(v, "Valid configuration") {
+		t.Errorf("validate: %s", v)
+	}
+	if a := out("adapt", "--config", "Caddyfile"); !strings.Contains(a, `"handler":"api_errors"`) {
+		t.Errorf("adapt: no api_errors handler in %s", a)
+	}
+}
+
+func TestReload(t *testing.T) {
+	const before = `{
+	admin {$RESTGATE_ADMIN}
+	persist_config off
+	skip_install_trust
+	storage file_system {$RESTGATE_DATA}/caddy
+	http_port {$RESTGATE_HTTP_PORT}
+	https_port {$RESTGATE_HTTPS_PORT}
+	default_bind 127.0.0.1
+}
+https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	tls internal
+	api_errors
+	respond "one" 200
+}
+`
+	g := StartGateway(t, before, Options{})
+	c := g.Client()
+	if r := Do(t, c, "GET", g.URL("/"), ""); string(r.Body) != "one" {
+		t.Fatalf("before reload: %q", r.Body)
+	}
+	if err := writeFile(g.Config, strings.Replace(before, `"one"`, `"two"`, 1)); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))
+	cmd.Env = g.Env
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("reload: %v\n%s", err, b)
+	}
+	waitFor(t, 10*time.Second, "the reloaded config", func() bool {
+		r, err := Send(c, "GET", g.URL("/"), "")
+		return err == nil && string(r.Body) == "two"
+	})
+}
