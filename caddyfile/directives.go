@@ -17,6 +17,7 @@ package caddyfile
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/restgate/restgate/backends/resources"
 	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/problem"
 )
@@ -24,4 +25,8 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("api_errors", problem.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
+
+	// resources is a terminal handler: it answers where reverse_proxy would.
+	httpcaddyfile.RegisterHandlerDirective("resources", resources.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("resources", httpcaddyfile.Before, "reverse_proxy")
 }

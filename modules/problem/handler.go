@@ -226,6 +226,10 @@ func (ew *errWriter) WriteHeader(status int) {
 		return
 	}
 	ew.wroteHeader = true
+	// a backend that echoes the request id makes reverse_proxy add a second copy
+	if ids := ew.Header()[RequestIDHeader]; len(ids) > 1 {
+		ew.Header()[RequestIDHeader] = ids[:1]
+	}
 	if status >= 400 {
 		ew.buffering, ew.status = true, status
 		return

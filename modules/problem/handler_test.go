@@ -90,11 +90,11 @@ func TestErrorSources(t *testing.T) {
 
 		// error responses from backends
 		{name: "flask error", next: backend(404, "application/json", `{"error": "Event not found"}`), wantStatus: 404, wantDetail: "Event not found"},
-		{name: "flask details", next: backend(400, "application/json", `{"error": "Invalid event", "details": [{"loc": ["name"], "msg": "field required", "type": "value_error.missing"}]}`), wantStatus: 400, wantDetail: "Invalid event", wantErrors: []FieldError{{"/name", "field required"}}},
+		{name: "flask details", next: backend(400, "application/json", `{"error": "Invalid event", "details": [{"loc": ["name"], "msg": "field required", "type": "value_error.missing"}]}`), wantStatus: 400, wantDetail: "Invalid event", wantErrors: []FieldError{{Pointer: "/name", Detail: "field required"}}},
 		{name: "drf detail", next: backend(404, "application/json", `{"detail": "Not found."}`), wantStatus: 404, wantDetail: "Not found."},
-		{name: "drf field errors", next: backend(400, "application/json", `{"name": ["This field is required."], "address": {"city": ["Too long."]}}`), wantStatus: 400, wantErrors: []FieldError{{"/address/city", "Too long."}, {"/name", "This field is required."}}},
+		{name: "drf field errors", next: backend(400, "application/json", `{"name": ["This field is required."], "address": {"city": ["Too long."]}}`), wantStatus: 400, wantErrors: []FieldError{{Pointer: "/address/city", Detail: "Too long."}, {Pointer: "/name", Detail: "This field is required."}}},
 		{name: "drf non_field_errors", next: backend(400, "application/json", `{"non_field_errors": ["Dates overlap."]}`), wantStatus: 400, wantDetail: "Dates overlap."},
-		{name: "fastapi validation", next: backend(422, "application/json", `{"detail": [{"loc": ["body", "name"], "msg": "field required", "type": "value_error.missing"}, {"loc": ["body", "tags", 0], "msg": "not a string", "type": "type_error"}]}`), wantStatus: 422, wantErrors: []FieldError{{"/name", "field required"}, {"/tags/0", "not a string"}}, wantCode: "validation_failed"},
+		{name: "fastapi validation", next: backend(422, "application/json", `{"detail": [{"loc": ["body", "name"], "msg": "field required", "type": "value_error.missing"}, {"loc": ["body", "tags", 0], "msg": "not a string", "type": "type_error"}]}`), wantStatus: 422, wantErrors: []FieldError{{Pointer: "/name", Detail: "field required"}, {Pointer: "/tags/0", Detail: "not a string"}}, wantCode: "validation_failed"},
 		{name: "polar type", next: backend(403, "application/json", `{"type": "NotPermitted", "detail": "You can't do that"}`), wantStatus: 403, wantDetail: "You can't do that", wantCode: "not_permitted"},
 		{name: "kong message", next: backend(403, "application/json; charset=utf-8", `{"message": "You cannot consume this service"}`), wantStatus: 403, wantDetail: "You cannot consume this service"},
 		{name: "nested error message", next: backend(400, "application/json", `{"error": {"code": 3, "message": "bad cursor"}}`), wantStatus: 400, wantDetail: "bad cursor"},
@@ -211,6 +211,23 @@ func TestPassThroughIsByteIdentical(t *testing.T) {
 				t.Errorf("headers = %v, want %v", wh, bare.Header())
 			}
 		})
+	}
+}
+
+func TestEchoedRequestIDIsNotDuplicated(t *testing.T) {
+	h := newHandler(t, &Handler{})
+	for _, status := range []int{200, 404} {
+		w := httptest.NewRecorder()
+		r := newRequest("GET", "/")
+		next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+			rw.Header().Add(RequestIDHeader, r.Header.Get(RequestIDHeader)) // as reverse_proxy copies it
+			rw.WriteHeader(status)
+			return nil
+		})
+		_ = h.ServeHTTP(w, r, next)
+		if ids := w.Header().Values(RequestIDHeader); len(ids) != 1 {
+			t.Errorf("status %d: X-Request-Id = %q, want one value", status, ids)
+		}
 	}
 }
 

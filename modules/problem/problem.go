@@ -21,11 +21,13 @@ const MediaType = "application/problem+json"
 // TypeQuotaExceeded is the IANA-registered problem type for a 429.
 const TypeQuotaExceeded = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
-// FieldError points at one invalid member of a request (RFC 9457 §3 example,
-// with a JSON Pointer per RFC 6901).
+// FieldError names one invalid part of a request: a member of the body by
+// its JSON Pointer (RFC 6901; "" is the whole body), or a query parameter
+// by its name.
 type FieldError struct {
-	Pointer string `json:"pointer"`
-	Detail  string `json:"detail"`
+	Pointer   string `json:"pointer,omitempty"`
+	Detail    string `json:"detail"`
+	Parameter string `json:"parameter,omitempty"`
 }
 
 // Problem is an RFC 9457 problem details object with restgate's extension

@@ -1,0 +1,297 @@
+// Package resources implements http.handlers.resources: conventional REST
+// collections of JSON documents stored in SQLite, following the Polar
+// convention for shapes and status codes and the Home Office blueprint for
+// sorting, nesting, ETags and If-Match.
+package resources
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/restgate/restgate/modules/problem"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler serves the configured collections under a prefix (default `/v1`):
+//
+//	GET    /v1/<coll>                 list: {"items": [...], "pagination": {"total_count", "max_page"}}
+//	POST   /v1/<coll>                 create: 201 + Location (200 when an upsert updates)
+//	GET    /v1/<coll>/{key}           one document (HEAD too)
+//	PUT    /v1/<coll>/{key}           full replace
+//	PATCH  /v1/<coll>/{key}           JSON merge patch (RFC 7396)
+//	DELETE /v1/<coll>/{key}           204
+//	…      /v1/<parent>/{key}/<coll>[/{key}]   the same, nested one level
+//	GET    /v1/openapi.json           an OpenAPI 3.1 description of the collections
+//
+// Every error is an RFC 9457 problem. Documents carry `ETag` and
+// `Last-Modified`; If-Match, If-None-Match, If-Modified-Since and
+// If-Unmodified-Since are evaluated (RFC 9110 §13) inside the write's
+// transaction, so two writers holding the same ETag cannot both win.
+//
+// It trusts the identity headers (`X-Auth-User`, `X-Auth-Scopes`) for owned
+// collections: serve it only on loopback behind the gateway, which removes
+// any client-sent copy of them.
+type Handler struct {
+	// The SQLite database file. Default: `resources.db` in Caddy's data
+	// directory. Several handlers may share one file.
+	Database string `json:"database,omitempty"`
+
+	// `full` (default): an acknowledged write survives a crash and a power
+	// loss. `normal`: it survives a crash of the process, not of the machine.
+	Durability string `json:"durability,omitempty"`
+
+	// The URL prefix of the collections. Default: `/v1`.
+	Prefix string `json:"prefix,omitempty"`
+
+	// The largest request body accepted, in bytes (413 beyond). Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// The header that names the authenticated user. Default: `X-Auth-User`.
+	UserHeader string `json:"user_header,omitempty"`
+
+	// The header that lists the user's scopes, separated by spaces or
+	// commas. Default: `X-Auth-Scopes`.
+	ScopesHeader string `json:"scopes_header,omitempty"`
+
+	// The scope that sees and changes every user's documents in owned
+	// collections. Default: `admin`.
+	AdminScope string `json:"admin_scope,omitempty"`
+
+	// The collections to serve.
+	Collections []*Collection `json:"collections,omitempty"`
+
+	byName  map[string]*Collection
+	store   Store
+	poolKey string
+	openapi     []byte
+	openapiETag string
+	now     func() time.Time
+	logger  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.resources",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+const (
+	defaultMaxBody = 1 << 20
+	defaultLimit   = 10
+	maxLimit       = 100
+)
+
+// Provision sets defaults, checks the collections and opens the store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.Database == "" {
+		h.Database = filepath.Join(caddy.AppDataDir(), "resources.db")
+	}
+	if h.Durability == "" {
+		h.Durability = DurabilityFull
+	}
+	if h.Prefix == "" {
+		h.Prefix = "/v1"
+	}
+	h.Prefix = "/" + strings.Trim(h.Prefix, "/")
+	if h.MaxBody == 0 {
+		h.MaxBody = defaultMaxBody
+	}
+	if h.UserHeader == "" {
+		h.UserHeader = "X-Auth-User"
+	}
+	if h.ScopesHeader == "" {
+		h.ScopesHeader = "X-Auth-Scopes"
+	}
+	if h.AdminScope == "" {
+		h.AdminScope = "admin"
+	}
+	if err := h.prepareCollections(); err != nil {
+		return err
+	}
+	var err error
+	if h.openapi, err = h.openAPI(); err != nil {
+		return fmt.Errorf("generating OpenAPI document: %v", err)
+	}
+	sum := fnv.New64a()
+	sum.Write(h.openapi)
+	h.openapiETag = `"` + strconv.FormatUint(sum.Sum64(), 36) + `"`
+
+	path, err := filepath.Abs(h.Database)
+	if err != nil {
+		return err
+	}
+	h.poolKey = path
+	val, _, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
+		s, err := openSQLite(path, h.Durability)
+		if err != nil {
+			return nil, err
+		}
+		return pooledStore{s}, nil
+	})
+	if err != nil {
+		h.poolKey = ""
+		return fmt.Errorf("opening %s: %v", path, err)
+	}
+	ps := val.(pooledStore)
+	h.store = ps.sqliteStore
+	for _, c := range h.Collections {
+		if err := ps.ensureIndexes(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *Handler) prepareCollections() error {
+	if len(h.Collections) == 0 {
+		return fmt.Errorf("no collections configured")
+	}
+	h.byName = make(map[string]*Collection, len(h.Collections))
+	for _, c := range h.Collections {
+		if err := c.prepare(); err != nil {
+			return err
+		}
+		if c.Name == "openapi.json" {
+			return fmt.Errorf("collection name %q is reserved", c.Name)
+		}
+		if _, dup := h.byName[c.Name]; dup {
+			return fmt.Errorf("collection %q configured twice", c.Name)
+		}
+		h.byName[c.Name] = c
+	}
+	for _, c := range h.Collections {
+		if c.Parent == "" {
+			continue
+		}
+		p := h.byName[c.Parent]
+		switch {
+		case p == nil:
+			return fmt.Errorf("collection %s: parent %q is not configured", c.Name, c.Parent)
+		case p.Parent != "":
+			return fmt.Errorf("collection %s: parent %s is itself nested; nesting is one level deep", c.Name, p.Name)
+		}
+		c.parent = p
+		p.children = append(p.children, c)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Durability != DurabilityFull && h.Durability != DurabilityNormal {
+		return fmt.Errorf("durability must be %s or %s, not %q", DurabilityFull, DurabilityNormal, h.Durability)
+	}
+	if h.MaxBody < 0 {
+		return fmt.Errorf("max_body must not be negative")
+	}
+	return nil
+}
+
+// Cleanup releases the store; the last user closes it.
+func (h *Handler) Cleanup() error {
+	if h.poolKey == "" {
+		return nil
+	}
+	_, err := stores.Delete(h.poolKey)
+	return err
+}
+
+// stores shares one open database per file across handlers and config reloads.
+var stores = caddy.NewUsagePool()
+
+type pooledStore struct{ *sqliteStore }
+
+func (p pooledStore) Destruct() error { return p.Close() }
+
+// target is what a request path names.
+type target struct {
+	coll      *Collection
+	parentKey string // the parent document's key, for nested collections
+	key       string // the document's key; "" for the collection
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	problem.EnsureRequestID(w, r)
+	path := r.URL.EscapedPath()
+	if path != h.Prefix && !strings.HasPrefix(path, h.Prefix+"/") {
+		return h.fail(w, r, problem.New(http.StatusNotFound, "no resource at this path"))
+	}
+	if path == h.Prefix+"/openapi.json" {
+		return h.serveOpenAPI(w, r)
+	}
+	t, p := h.route(path[len(h.Prefix):])
+	if p != nil {
+		return h.fail(w, r, p)
+	}
+	if t.key == "" {
+		return h.serveCollection(w, r, t)
+	}
+	return h.serveDocument(w, r, t)
+}
+
+// route parses /<coll>[/<key>[/<child>[/<key>]]].
+func (h *Handler) route(rest string) (target, *problem.Problem) {
+	segs := strings.Split(strings.Trim(rest, "/"), "/")
+	if len(segs) == 0 || segs[0] == "" || len(segs) > 4 {
+		return target{}, problem.New(http.StatusNotFound, "no resource at this path")
+	}
+	for i, s := range segs {
+		u, err := urlUnescape(s)
+		if err != nil || (i%2 == 1 && !validKey(u)) {
+			return target{}, problem.New(http.StatusNotFound, "no resource at this path")
+		}
+		segs[i] = u
+	}
+	c := h.byName[segs[0]]
+	if c == nil || (c.parent != nil) {
+		return target{}, problem.New(http.StatusNotFound, fmt.Sprintf("there is no collection %q", segs[0]))
+	}
+	if len(segs) <= 2 {
+		t := target{coll: c}
+		if len(segs) == 2 {
+			t.key = segs[1]
+		}
+		return t, nil
+	}
+	child := h.byName[segs[2]]
+	if child == nil || child.parent != c {
+		return target{}, problem.New(http.StatusNotFound, fmt.Sprintf("%s have no collection %q", c.Name, segs[2]))
+	}
+	t := target{coll: child, parentKey: segs[1]}
+	if len(segs) == 4 {
+		t.key = segs[3]
+	}
+	return t, nil
+}
+
+// fail writes a problem natively (the backend can run without api_errors).
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, p *problem.Problem) error {
+	problem.Write(w, r, p)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
