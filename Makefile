@@ -21,6 +21,7 @@ build: ## bin/restgate: Caddy's standard modules plus restgate's
 
 run: build ## serve the default Caddyfile in the foreground
 	@mkdir -p "$(RESTGATE_DATA)"
+	@test -s "$(RESTGATE_DATA)/api-keys.yaml" || $(BIN) api-key --user dev --id dev --scopes read,write,admin --out "$(RESTGATE_DATA)/api-keys.yaml"
 	@scripts/run-banner.sh "$(RESTGATE_DATA)" &
 	exec $(BIN) run --config Caddyfile --adapter caddyfile
 

@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ … ▶ reverse_proxy
+//	encode ▶ api_errors ▶ api_auth ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
 	"github.com/restgate/restgate/backends/resources"
+	"github.com/restgate/restgate/modules/apiauth"
 	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/problem"
 )
@@ -25,6 +26,8 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("api_errors", problem.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
+	httpcaddyfile.RegisterHandlerDirective("api_auth", apiauth.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("api_auth", httpcaddyfile.Before, "push")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
 	httpcaddyfile.RegisterHandlerDirective("resources", resources.ParseCaddyfile)

@@ -11,5 +11,8 @@ cat >&2 <<MSG
   restgate is serving https://api.localhost:$port
   local CA root certificate: $root
   try:  curl --cacert $root https://api.localhost:$port/v1/health
+        curl --cacert $root -H "Authorization: Bearer \$KEY" https://api.localhost:$port/v1/events
+  (\$KEY: the development key printed when $data/api-keys.yaml was created;
+   only its hash is stored. Make another: bin/restgate api-key --user you --out $data/api-keys.yaml)
 
 MSG

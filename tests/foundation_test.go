@@ -34,7 +34,9 @@ func TestDefaultCaddyfile(t *testing.T) {
 	})
 
 	t.Run("unknown path is a JSON 404", func(t *testing.T) {
-		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), ""), 404)
+		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), "", bearer("tester")...), 404)
+		// without a key, /v1 paths are 401 before anything says whether they exist
+		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), ""), 401)
 		AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 404)
 		AssertProblem(t, Do(t, c, "HEAD", g.URL("/nothing"), ""), 404)
 	})
@@ -134,7 +136,7 @@ func TestCommands(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(binary, args...)
 		cmd.Dir = ".."
-		cmd.Env = append(cmd.Environ(), "RESTGATE_DATA="+t.TempDir())
+		cmd.Env = append(cmd.Environ(), "RESTGATE_DATA="+t.TempDir(), "RESTGATE_API_KEY=rg_cmd_test:tester")
 		b, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("restgate %s: %v\n%s", strings.Join(args, " "), err, b)

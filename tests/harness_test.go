@@ -6,8 +6,10 @@ package tests
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -106,6 +108,9 @@ func startGateway(t testing.TB, caddyfile string, opt Options) (*Gateway, error)
 	g := &Gateway{
 		t: t, Dir: dir, HTTPS: ports[0], HTTP: ports[1], Admin: ports[2], Backend: ports[3],
 		logs: new(syncBuffer), done: make(chan struct{}),
+	}
+	if err := writeTestKeys(filepath.Join(dir, "api-keys.yaml")); err != nil {
+		return nil, err
 	}
 	g.Config = filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(g.Config, []byte(caddyfile), 0o600); err != nil {
@@ -340,6 +345,46 @@ func AssertProblem(t testing.TB, r *Response, status int) map[string]any {
 		}
 	}
 	return m
+}
+
+// testKeys are the API keys every test gateway knows: the harness writes
+// their hashes to $RESTGATE_DATA/api-keys.yaml (the default Caddyfile's key
+// file) unless the data directory already has one.
+var testKeys = map[string]struct {
+	token  string
+	scopes []string
+}{
+	"tester": {"rg_test_tester_0000000000000000000000000001", []string{"read", "write"}},
+	"reader": {"rg_test_reader_0000000000000000000000000002", []string{"read"}},
+	"alice":  {"rg_test_alice_00000000000000000000000000003", []string{"read", "write"}},
+	"bob":    {"rg_test_bob_0000000000000000000000000000004", []string{"read", "write"}},
+	"admin":  {"rg_test_admin_00000000000000000000000000005", []string{"read", "write", "admin"}},
+}
+
+// bearer returns the Authorization header for a test user's key.
+func bearer(user string) []string {
+	k, ok := testKeys[user]
+	if !ok {
+		panic("no test key for " + user)
+	}
+	return []string{"Authorization", "Bearer " + k.token}
+}
+
+func keyEntry(user, token string, scopes []string) string {
+	sum := sha256.Sum256([]byte(token))
+	return fmt.Sprintf("  - user: %s\n    sha256: %s\n    scopes: [%s]\n", user, hex.EncodeToString(sum[:]), strings.Join(scopes, ", "))
+}
+
+func writeTestKeys(path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("keys:\n")
+	for user, k := range testKeys {
+		b.WriteString(keyEntry(user, k.token, k.scopes))
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.

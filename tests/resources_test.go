@@ -13,30 +13,30 @@ func TestResourcesThroughGateway(t *testing.T) {
 	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
 	c := g.Client()
 
-	r := Do(t, c, "POST", g.URL("/v1/events"), `{"name": "GW150914", "meta": {"detector": "LIGO"}}`)
+	r := Do(t, c, "POST", g.URL("/v1/events"), `{"name": "GW150914", "meta": {"detector": "LIGO"}}`, bearer("tester")...)
 	if r.StatusCode != 201 || r.Header.Get("Location") != "/v1/events/GW150914" || r.Header.Get("ETag") == "" {
 		t.Fatalf("create: %d %v %s", r.StatusCode, r.Header, r.Body)
 	}
 	if ids := r.Header.Values("X-Request-Id"); len(ids) != 1 {
 		t.Errorf("X-Request-Id = %q, want one value", ids)
 	}
-	r = Do(t, c, "POST", g.URL("/v1/events/GW150914/productions"), `{"name": "Prod0", "pipeline": "bilby"}`)
+	r = Do(t, c, "POST", g.URL("/v1/events/GW150914/productions"), `{"name": "Prod0", "pipeline": "bilby"}`, bearer("tester")...)
 	if r.StatusCode != 201 || r.JSON(t)["status"] != "ready" {
 		t.Fatalf("production: %d %s", r.StatusCode, r.Body)
 	}
-	m := AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events/GW150914/productions"), `{"name": "Prod1", "pipeline": "nope"}`), 422)
+	m := AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events/GW150914/productions"), `{"name": "Prod1", "pipeline": "nope"}`, bearer("tester")...), 422)
 	if !strings.Contains(fmt.Sprint(m["errors"]), "/pipeline") {
 		t.Errorf("422 errors = %v", m["errors"])
 	}
-	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": "GW150914"}`), 409)
-	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events/nope"), ""), 404)
-	AssertProblem(t, Do(t, c, "DELETE", g.URL("/v1/events"), ""), 405)
-	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": `), 400)
-	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `x`, "Content-Type", "text/plain"), 415)
-	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": "big", "repository": "`+strings.Repeat("x", 2<<20)+`"}`), 413)
-	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events?limit=500"), ""), 422)
+	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": "GW150914"}`, bearer("tester")...), 409)
+	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events/nope"), "", bearer("tester")...), 404)
+	AssertProblem(t, Do(t, c, "DELETE", g.URL("/v1/events"), "", bearer("tester")...), 405)
+	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": `, bearer("tester")...), 400)
+	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `x`, append(bearer("tester"), "Content-Type", "text/plain")...), 415)
+	AssertProblem(t, Do(t, c, "POST", g.URL("/v1/events"), `{"name": "big", "repository": "`+strings.Repeat("x", 2<<20)+`"}`, bearer("tester")...), 413)
+	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events?limit=500"), "", bearer("tester")...), 422)
 
-	list := Do(t, c, "GET", g.URL("/v1/events?sort=-created_at"), "").JSON(t)
+	list := Do(t, c, "GET", g.URL("/v1/events?sort=-created_at"), "", bearer("tester")...).JSON(t)
 	if p := list["pagination"].(map[string]any); p["total_count"] != 1.0 || p["max_page"] != 1.0 {
 		t.Errorf("pagination = %v", p)
 	}
@@ -44,8 +44,12 @@ func TestResourcesThroughGateway(t *testing.T) {
 		t.Error("no OpenAPI document")
 	}
 
-	// owned secrets: no client-sent identity reaches the backend
-	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/secrets"), "", "X-Auth-User", "mallory", "X-Auth-Scopes", "admin"), 401)
+	// no key: 401 with a challenge, whatever identity the client claims
+	r = Do(t, c, "GET", g.URL("/v1/secrets"), "", "X-Auth-User", "admin", "X-Auth-Scopes", "admin")
+	AssertProblem(t, r, 401)
+	if r.Header.Get("WWW-Authenticate") != `Bearer realm="restgate"` {
+		t.Errorf("challenge = %q", r.Header.Get("WWW-Authenticate"))
+	}
 }
 
 func TestResourcesSurviveRestartAndKill(t *testing.T) {
@@ -69,7 +73,7 @@ func TestResourcesSurviveRestartAndKill(t *testing.T) {
 				default:
 				}
 				name := fmt.Sprintf("w%d-%d", w, i)
-				r, err := Send(c, "POST", g.URL("/v1/events"), `{"name": "`+name+`"}`)
+				r, err := Send(c, "POST", g.URL("/v1/events"), `{"name": "`+name+`"}`, bearer("tester")...)
 				if err != nil {
 					return // the gateway is gone
 				}
@@ -91,7 +95,7 @@ func TestResourcesSurviveRestartAndKill(t *testing.T) {
 	total := 0
 	acked.Range(func(k, _ any) bool {
 		total++
-		if r := Do(t, c2, "GET", g2.URL("/v1/events/"+k.(string)), ""); r.StatusCode != 200 {
+		if r := Do(t, c2, "GET", g2.URL("/v1/events/"+k.(string)), "", bearer("tester")...); r.StatusCode != 200 {
 			missing++
 		}
 		return true

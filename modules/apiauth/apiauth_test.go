@@ -1,0 +1,468 @@
+package apiauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/restgate/restgate/modules/problem"
+)
+
+func hashOf(token string) string {
+	s := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(s[:])
+}
+
+const (
+	readerKey = "rg_reader_key_0123456789"
+	writerKey = "rg_writer_key_0123456789"
+	adminKey  = "rg_admin_key_0123456789"
+	oldKey    = "rg_expired_key_0123456789"
+)
+
+var testNow = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+func newAuth(t testing.TB, h *Handler) *Handler {
+	t.Helper()
+	t.Setenv(EnvAPIKey, "")
+	t.Setenv(EnvAPIKeyFile, "")
+	if h.Keys == nil && !h.Development && h.KeysFile == "" {
+		h.Keys = []KeyEntry{
+			{User: "rita", SHA256: hashOf(readerKey), Scopes: []string{"read"}},
+			{User: "will", SHA256: hashOf(writerKey), Scopes: []string{"read", "write"}, ID: "will-1"},
+			{User: "ada", SHA256: hashOf(adminKey), Scopes: []string{"read", "write", "admin"}},
+			{User: "olga", SHA256: hashOf(oldKey), Scopes: []string{"read"}, Expires: "2026-10-01T00:00:00Z"},
+		}
+	}
+	h.now = func() time.Time { return testNow }
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// serve runs a request through h to a backend that records what it saw.
+func serve(h *Handler, method string, headers ...string) (seen *http.Request, w *httptest.ResponseRecorder, err error) {
+	r := httptest.NewRequest(method, "/v1/events", nil)
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Add(headers[i], headers[i+1])
+	}
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	w = httptest.NewRecorder()
+	err = h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		seen = r
+		w.WriteHeader(200)
+		return nil
+	}))
+	return seen, w, err
+}
+
+func statusOf(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		return he.StatusCode
+	}
+	if err != nil {
+		return 500
+	}
+	return 200
+}
+
+func TestCredentialParsing(t *testing.T) {
+	tests := []struct {
+		name    string
+		headers []string
+		want    string
+		wantP   presence
+	}{
+		{"none", nil, "", credNone},
+		{"bearer", []string{"Authorization", "Bearer abc"}, "abc", credOne},
+		{"bearer lower case", []string{"Authorization", "bearer abc"}, "abc", credOne},
+		{"bearer upper case", []string{"Authorization", "BEARER abc"}, "abc", credOne},
+		{"api-key", []string{"Authorization", "Api-Key abc"}, "abc", credOne},
+		{"api-key mixed case", []string{"Authorization", "api-KEY abc"}, "abc", credOne},
+		{"extra spaces", []string{"Authorization", "  Bearer    abc  "}, "abc", credOne},
+		{"tab", []string{"Authorization", "Bearer \tabc"}, "abc", credOne},
+		{"bearer alone", []string{"Authorization", "Bearer"}, "", credOne},
+		{"bearer and space", []string{"Authorization", "Bearer "}, "", credOne},
+		{"empty authorization", []string{"Authorization", ""}, "", credNone},
+		{"basic is not ours", []string{"Authorization", "Basic YTpi"}, "", credNone},
+		{"key header", []string{"X-Api-Key", "abc"}, "abc", credOne},
+		{"key header empty", []string{"X-Api-Key", ""}, "", credOne},
+		{"same key twice", []string{"Authorization", "Bearer abc", "X-Api-Key", "abc"}, "abc", credOne},
+		{"two different keys", []string{"Authorization", "Bearer abc", "X-Api-Key", "def"}, "", credConflict},
+		{"both schemes", []string{"Authorization", "Bearer abc", "Authorization", "Api-Key def"}, "", credConflict},
+		{"two key headers", []string{"X-Api-Key", "abc", "X-Api-Key", "def"}, "", credConflict},
+		{"non-ascii", []string{"Authorization", "Bearer äbc"}, "äbc", credOne},
+		{"8 KiB", []string{"Authorization", "Bearer " + strings.Repeat("k", 8192)}, strings.Repeat("k", 8192), credOne},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			for i := 0; i+1 < len(tt.headers); i += 2 {
+				h.Add(tt.headers[i], tt.headers[i+1])
+			}
+			got, p, _ := credential(h, "X-Api-Key")
+			if got != tt.want || p != tt.wantP {
+				t.Errorf("credential(%v) = %q, %v; want %q, %v", tt.headers, got, p, tt.want, tt.wantP)
+			}
+		})
+	}
+}
+
+func TestPolicyMatrix(t *testing.T) {
+	strict := newAuth(t, &Handler{})
+	open := newAuth(t, &Handler{Anonymous: []string{"GET", "HEAD"}})
+	cred := map[string][]string{
+		"anonymous": nil,
+		"read":      {"Authorization", "Bearer " + readerKey},
+		"write":     {"Authorization", "Api-Key " + writerKey},
+		"admin":     {"X-API-Key", adminKey},
+	}
+	// want[who][method] for the strict policy
+	want := map[string]map[string]int{
+		"anonymous": {"GET": 401, "HEAD": 401, "POST": 401, "PUT": 401, "PATCH": 401, "DELETE": 401, "OPTIONS": 401},
+		"read":      {"GET": 200, "HEAD": 200, "POST": 403, "PUT": 403, "PATCH": 403, "DELETE": 403, "OPTIONS": 200},
+		"write":     {"GET": 200, "HEAD": 200, "POST": 200, "PUT": 200, "PATCH": 200, "DELETE": 200, "OPTIONS": 200},
+		"admin":     {"GET": 200, "HEAD": 200, "POST": 200, "PUT": 200, "PATCH": 200, "DELETE": 200, "OPTIONS": 200},
+	}
+	for who, methods := range want {
+		for method, status := range methods {
+			t.Run(who+" "+method, func(t *testing.T) {
+				_, w, err := serve(strict, method, cred[who]...)
+				if got := statusOf(err); got != status {
+					t.Fatalf("strict: %s %s = %d, want %d", who, method, got, status)
+				}
+				switch status {
+				case 401:
+					if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="restgate"` {
+						t.Errorf("challenge = %q", c)
+					}
+				case 403:
+					if c := w.Header().Get("WWW-Authenticate"); !strings.Contains(c, `error="insufficient_scope"`) || !strings.Contains(c, `scope="write"`) {
+						t.Errorf("challenge = %q", c)
+					}
+				}
+				openWant := status
+				if who == "anonymous" && (method == "GET" || method == "HEAD") {
+					openWant = 200
+				}
+				if _, _, err := serve(open, method, cred[who]...); statusOf(err) != openWant {
+					t.Errorf("anonymous GET HEAD: %s %s = %d, want %d", who, method, statusOf(err), openWant)
+				}
+			})
+		}
+	}
+	t.Run("cors preflight", func(t *testing.T) {
+		if _, _, err := serve(strict, "OPTIONS", "Access-Control-Request-Method", "POST", "Origin", "https://app.example"); err != nil {
+			t.Errorf("preflight: %v", err)
+		}
+	})
+	t.Run("custom scope", func(t *testing.T) {
+		h := newAuth(t, &Handler{Scopes: map[string]string{"DELETE": "admin"}})
+		if _, _, err := serve(h, "DELETE", cred["write"]...); statusOf(err) != 403 {
+			t.Errorf("write key DELETE = %d, want 403", statusOf(err))
+		}
+		if _, _, err := serve(h, "DELETE", cred["admin"]...); err != nil {
+			t.Errorf("admin key DELETE: %v", err)
+		}
+	})
+}
+
+func TestBadKeysGetOneAnswer(t *testing.T) {
+	h := newAuth(t, &Handler{})
+	for name, headers := range map[string][]string{
+		"unknown":       {"Authorization", "Bearer rg_nope"},
+		"malformed":     {"Authorization", "Bearer \x01\x02"},
+		"non-ascii":     {"Authorization", "Bearer äöü"},
+		"empty":         {"Authorization", "Bearer"},
+		"8 KiB":         {"Authorization", "Bearer " + strings.Repeat("k", 8192)},
+		"expired":       {"Authorization", "Bearer " + oldKey},
+		"key in header": {"X-API-Key", "wrong"},
+		"prefix of key": {"Authorization", "Bearer " + readerKey[:10]},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, w, err := serve(h, "GET", headers...)
+			var p *problem.Problem
+			if statusOf(err) != 401 || !errors.As(err, &p) || p.Detail != "the API key is not valid" || p.Code != "invalid_key" {
+				t.Fatalf("got %v", err)
+			}
+			if c := w.Header().Get("WWW-Authenticate"); c != `Bearer realm="restgate", error="invalid_token"` {
+				t.Errorf("challenge = %q", c)
+			}
+		})
+	}
+	if _, _, err := serve(h, "GET", "Authorization", "Bearer a", "X-API-Key", "b"); statusOf(err) != 400 {
+		t.Errorf("two credentials = %d, want 400", statusOf(err))
+	}
+}
+
+func TestIdentity(t *testing.T) {
+	h := newAuth(t, &Handler{})
+	seen, _, err := serve(h, "POST",
+		"Authorization", "Bearer "+writerKey,
+		"X-Auth-User", "mallory", "X-Auth-Scopes", "admin", "x-auth-user", "eve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seen.Header.Values("X-Auth-User"); len(got) != 1 || got[0] != "will" {
+		t.Errorf("X-Auth-User = %q, want [will]", got)
+	}
+	if got := seen.Header.Get("X-Auth-Scopes"); got != "read write" {
+		t.Errorf("X-Auth-Scopes = %q", got)
+	}
+	if seen.Header.Get("Authorization") != "" {
+		t.Error("the credential was forwarded")
+	}
+	repl := seen.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for k, want := range map[string]string{"http.auth.user.id": "will", "http.auth.user.scopes": "read write", "http.auth.user.key_id": "will-1"} {
+		if got, _ := repl.GetString(k); got != want {
+			t.Errorf("{%s} = %q, want %q", k, got, want)
+		}
+	}
+
+	// anonymous requests get no identity, and spoofed headers are still removed
+	open := newAuth(t, &Handler{Anonymous: []string{"GET"}})
+	seen, _, _ = serve(open, "GET", "X-Auth-User", "mallory", "X-Auth-Scopes", "admin")
+	if seen.Header.Get("X-Auth-User") != "" || seen.Header.Get("X-Auth-Scopes") != "" {
+		t.Errorf("spoofed identity reached the backend: %v", seen.Header)
+	}
+	seen, _, _ = serve(open, "OPTIONS", "Access-Control-Request-Method", "GET", "X-Auth-User", "mallory")
+	if seen.Header.Get("X-Auth-User") != "" {
+		t.Error("spoofed identity passed with a preflight")
+	}
+
+	keep := newAuth(t, &Handler{KeepCredential: true})
+	seen, _, _ = serve(keep, "GET", "X-API-Key", readerKey)
+	if seen.Header.Get("X-Api-Key") != readerKey {
+		t.Error("keep_credential did not keep it")
+	}
+}
+
+func TestAudit(t *testing.T) {
+	h := newAuth(t, &Handler{})
+	core, logs := observer.New(zap.InfoLevel)
+	h.audit = zap.New(core)
+	if _, _, err := serve(h, "GET", "Authorization", "Bearer "+writerKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := serve(h, "DELETE", "Authorization", "Bearer "+writerKey, "X-Request-Id", "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if logs.Len() != 1 {
+		t.Fatalf("audit lines = %v, want one for the DELETE", logs.All())
+	}
+	fields := logs.All()[0].ContextMap()
+	for k, want := range map[string]any{"user": "will", "key_id": "will-1", "method": "DELETE", "status": int64(200), "request_id": "req-1"} {
+		if fields[k] != want {
+			t.Errorf("audit %s = %v, want %v", k, fields[k], want)
+		}
+	}
+	line := fmt.Sprint(fields)
+	if strings.Contains(line, writerKey) || strings.Contains(line, hashOf(writerKey)) {
+		t.Error("the audit line holds the key or its hash")
+	}
+}
+
+func TestKeySources(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "keys.yaml")
+	writeKeys := func(content string) {
+		t.Helper()
+		tmp := file + ".tmp"
+		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKeys(fmt.Sprintf("keys:\n  - user: alice\n    sha256: %s\n    scopes: [read]\napi_keys:\n  plaintoken: bob\n", hashOf("alice-key")))
+
+	t.Setenv(EnvAPIKey, "envtoken:carol,alice-key:alice-from-env")
+	reloads := make(chan error, 16)
+	h := &Handler{KeysFile: file, ReloadInterval: caddy.Duration(100 * time.Millisecond), now: func() time.Time { return testNow },
+		onReload: func(err error) { reloads <- err }}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	userOf := func(token string) string {
+		if k := h.lookup(token); k != nil {
+			return k.user
+		}
+		return ""
+	}
+	if userOf("plaintoken") != "bob" || userOf("envtoken") != "carol" {
+		t.Errorf("plaintext file key → %q, env key → %q", userOf("plaintoken"), userOf("envtoken"))
+	}
+	if got := userOf("alice-key"); got != "alice-from-env" {
+		t.Errorf("env should win on conflict: got %q", got)
+	}
+	if k := h.lookup("envtoken"); k == nil || k.scopesString != "read write" {
+		t.Errorf("env key scopes: %+v", k)
+	}
+
+	// rotation: a new key works and a removed one stops, without a restart
+	writeKeys(fmt.Sprintf("keys:\n  - user: dave\n    sha256: %s\n", hashOf("dave-key")))
+	if err := <-reloads; err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if userOf("dave-key") != "dave" {
+		t.Error("a key added to the file does not work")
+	}
+	if userOf("plaintoken") != "" {
+		t.Error("a key removed from the file still works")
+	}
+	// a broken file keeps the previous keys
+	writeKeys("keys: [this is: not {valid")
+	if err := <-reloads; err == nil {
+		t.Fatal("a broken key file loaded")
+	}
+	if userOf("dave-key") != "dave" {
+		t.Error("a broken key file dropped the previous keys")
+	}
+}
+
+func TestFailSecure(t *testing.T) {
+	t.Setenv(EnvAPIKey, "")
+	t.Setenv(EnvAPIKeyFile, "")
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := (&Handler{}).Provision(ctx)
+	if err == nil || !strings.Contains(err.Error(), "restgate api-key") {
+		t.Fatalf("Provision with no keys = %v, want a refusal that says how to add one", err)
+	}
+	if err := (&Handler{KeysFile: filepath.Join(t.TempDir(), "missing.yaml")}).Provision(ctx); err == nil {
+		t.Error("a missing key file and no other key: want a refusal")
+	}
+	if err := (&Handler{Development: true}).Provision(ctx); err != nil {
+		t.Errorf("development: %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	_ = os.WriteFile(bad, []byte("keys:\n  - user: x\n    sha256: nothex\n"), 0o600)
+	if err := (&Handler{KeysFile: bad}).Provision(ctx); err == nil {
+		t.Error("an invalid hash was accepted")
+	}
+	_ = os.WriteFile(bad, []byte("kees: []\n"), 0o600)
+	if err := (&Handler{KeysFile: bad}).Provision(ctx); err == nil {
+		t.Error("an unknown key-file field was accepted")
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	input := `api_auth {
+		keys_file /etc/restgate/keys.yaml
+		key ` + hashOf("x") + ` alice read write
+		anonymous get head
+		scope admin DELETE
+		header X-Token
+		realm api
+		keep_credential
+		reload_interval 2s
+	}`
+	var h Handler
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		t.Fatal(err)
+	}
+	if h.KeysFile != "/etc/restgate/keys.yaml" || len(h.Keys) != 1 || h.Keys[0].User != "alice" || len(h.Keys[0].Scopes) != 2 ||
+		h.Anonymous[1] != "HEAD" || h.Scopes["DELETE"] != "admin" || h.Header != "X-Token" || !h.KeepCredential ||
+		time.Duration(h.ReloadInterval) != 2*time.Second {
+		t.Errorf("got %+v", h)
+	}
+	for name, in := range map[string]string{
+		"unknown":           "api_auth {\n nope\n}",
+		"duplicate file":    "api_auth {\n keys_file a\n keys_file b\n}",
+		"key without user":  "api_auth {\n key abc\n}",
+		"scope w/o methods": "api_auth {\n scope write\n}",
+		"bad interval":      "api_auth {\n reload_interval soon\n}",
+		"flag with arg":     "api_auth {\n development yes\n}",
+		"argument":          "api_auth x",
+	} {
+		t.Run(name, func(t *testing.T) {
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil {
+				t.Errorf("%q was accepted", in)
+			}
+		})
+	}
+}
+
+func FuzzCredential(f *testing.F) {
+	for _, s := range []string{"Bearer abc", "Api-Key x", "bearer", "", "Basic abc", "Bearer  \t a b", "BEARER \x00"} {
+		f.Add(s, "k")
+	}
+	f.Fuzz(func(t *testing.T, auth, key string) {
+		h := http.Header{"Authorization": {auth}, "X-Api-Key": {key}}
+		token, p, from := credential(h, "X-Api-Key")
+		switch p {
+		case credNone:
+			if token != "" || from != 0 {
+				t.Fatalf("none with token %q from %v", token, from)
+			}
+		case credOne:
+			if strings.Trim(token, " \t") != token {
+				t.Fatalf("token %q is not trimmed", token)
+			}
+		}
+	})
+}
+
+// BenchmarkDecision is an authorised GET with 100,000 keys loaded.
+func BenchmarkDecision(b *testing.B) {
+	entries := make([]KeyEntry, 100_000)
+	for i := range entries {
+		entries[i] = KeyEntry{User: fmt.Sprintf("user%d", i), SHA256: hashOf(fmt.Sprintf("rg_key_%d", i)), Scopes: []string{"read", "write"}}
+	}
+	entries[4242].SHA256 = hashOf(readerKey)
+	h := newAuth(b, &Handler{Keys: entries})
+	r := httptest.NewRequest("GET", "/v1/events", nil)
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Header["Authorization"] = authValue
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+var authValue = []string{"Bearer " + readerKey}
+
+// BenchmarkRefusal is an unknown key with 100,000 keys loaded.
+func BenchmarkRefusal(b *testing.B) {
+	h := newAuth(b, &Handler{})
+	r := httptest.NewRequest("GET", "/v1/events", nil)
+	r.Header.Set("Authorization", "Bearer rg_unknown_0123456789")
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = h.ServeHTTP(w, r, next)
+	}
+}

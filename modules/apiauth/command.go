@@ -1,0 +1,157 @@
+package apiauth
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "api-key",
+		Usage: "--user <name> [--scopes read,write] [--id <id>] [--expires <RFC 3339 time or duration>] [--out <key file>]",
+		Short: "Generates an API key and its key-file entry",
+		Long: `
+Generates a random API key (256 bits from crypto/rand), prints it once,
+and prints the entry for api_auth's key file: only the key's SHA-256 hash
+is stored, so the key cannot be shown again.
+
+--out appends the entry to a key file (created with mode 0600 if needed);
+a running gateway picks it up within its reload interval.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().String("user", "", "the user the key authenticates (required)")
+			cmd.Flags().String("scopes", "read,write", "comma-separated scopes")
+			cmd.Flags().String("id", "", "an id for logs (default: derived from the hash)")
+			cmd.Flags().String("expires", "", "when the key expires: an RFC 3339 time, or a duration such as 2160h")
+			cmd.Flags().String("out", "", "append the entry to this key file")
+			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdAPIKey)
+		},
+	})
+}
+
+// keyPrefix marks restgate keys so that secret scanners can find leaked ones.
+const keyPrefix = "rg_"
+
+func cmdAPIKey(fl caddycmd.Flags) (int, error) {
+	user := fl.String("user")
+	if user == "" {
+		return caddy.ExitCodeFailedStartup, errors.New("--user is required")
+	}
+	var scopes []string
+	for _, s := range strings.Split(fl.String("scopes"), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			scopes = append(scopes, s)
+		}
+	}
+	entry := KeyEntry{ID: fl.String("id"), User: user, Scopes: scopes}
+	if exp := fl.String("expires"); exp != "" {
+		t, err := time.Parse(time.RFC3339, exp)
+		if err != nil {
+			d, derr := time.ParseDuration(exp)
+			if derr != nil {
+				return caddy.ExitCodeFailedStartup, fmt.Errorf("--expires: want an RFC 3339 time or a duration: %v", err)
+			}
+			t = time.Now().Add(d)
+		}
+		entry.Expires = t.UTC().Format(time.RFC3339)
+	}
+	token, err := newToken()
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	sum := sha256.Sum256([]byte(token))
+	entry.SHA256 = hex.EncodeToString(sum[:])
+	if _, err := entry.load(); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+
+	if out := fl.String("out"); out != "" {
+		if err := appendEntry(out, entry); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+		fmt.Printf("API key for %s (shown once; it is stored only as a hash in %s):\n\n  %s\n\n", user, out, token)
+		return 0, nil
+	}
+	b, err := marshalKeyFile(keyFile{Keys: []KeyEntry{entry}})
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	fmt.Printf("API key for %s (shown once; store it now):\n\n  %s\n\nKey-file entry:\n\n%s", user, token, b)
+	return 0, nil
+}
+
+func newToken() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return keyPrefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// appendEntry adds an entry to a key file, writing a new file and renaming
+// it over the old one so that a watching gateway never reads half a file.
+func appendEntry(path string, e KeyEntry) error {
+	var kf keyFile
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&kf); err != nil && len(bytes.TrimSpace(b)) > 0 {
+			return fmt.Errorf("%s is not a key file: %v", path, err)
+		}
+	}
+	kf.Keys = append(kf.Keys, e)
+	out, err := marshalKeyFile(kf)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".api-keys-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(out); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func marshalKeyFile(kf keyFile) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(kf); err != nil {
+		return nil, err
+	}
+	err := enc.Close()
+	return buf.Bytes(), err
+}

@@ -1,0 +1,165 @@
+package apiauth
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// KeyEntry describes one API key by the SHA-256 hash of the key; the key
+// itself is never stored.
+type KeyEntry struct {
+	// An identifier for logs and placeholders. Default: derived from the hash
+	// (never the hash itself).
+	ID string `json:"id,omitempty" yaml:"id,omitempty"`
+
+	// The user the key authenticates.
+	User string `json:"user" yaml:"user"`
+
+	// The lowercase hex SHA-256 of the key.
+	SHA256 string `json:"sha256" yaml:"sha256"`
+
+	// The key's scopes, e.g. read, write, admin. Scopes are independent: a
+	// key that should do everything lists them all.
+	Scopes []string `json:"scopes,omitempty" yaml:"scopes,omitempty"`
+
+	// When the key stops working (RFC 3339). Default: never.
+	Expires string `json:"expires,omitempty" yaml:"expires,omitempty"`
+}
+
+// key is a loaded KeyEntry.
+type key struct {
+	id      string
+	user    string
+	hash    [sha256.Size]byte
+	scopes  []string
+	expires time.Time
+
+	// header and placeholder values, built once and shared read-only by
+	// every request (the `any` ones are boxed once, not per request)
+	userHeader   []string
+	scopesHeader []string
+	scopesString string
+	userAny      any
+	scopesAny    any
+	idAny        any
+}
+
+func (k *key) has(scope string) bool { return slices.Contains(k.scopes, scope) }
+
+// keySet is an immutable table of keys by hash; a reload swaps in a new one.
+type keySet struct {
+	byHash map[[sha256.Size]byte]*key
+}
+
+// keyFile is the YAML key file. `keys` holds hashed entries; `api_keys` is
+// Asimov's plaintext `{token: username}` form, hashed on load.
+type keyFile struct {
+	Keys    []KeyEntry        `yaml:"keys,omitempty"`
+	APIKeys map[string]string `yaml:"api_keys,omitempty"`
+}
+
+// defaultScopes are what a plaintext key (env var or `api_keys`) gets.
+var defaultScopes = []string{"read", "write"}
+
+// loadKeyFile reads a key file; plaintext keys in it are hashed and counted.
+func loadKeyFile(path string) (entries []KeyEntry, plaintext int, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	var kf keyFile
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	// an empty file (io.EOF) holds no keys
+	if err := dec.Decode(&kf); err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, fmt.Errorf("parsing %s: %v", path, err)
+	}
+	entries = kf.Keys
+	for token, user := range kf.APIKeys {
+		entries = append(entries, plainEntry(token, user))
+	}
+	return entries, len(kf.APIKeys), nil
+}
+
+// plainEntry hashes a plaintext token for user with the default scopes.
+func plainEntry(token, user string) KeyEntry {
+	sum := sha256.Sum256([]byte(token))
+	return KeyEntry{User: user, SHA256: hex.EncodeToString(sum[:]), Scopes: defaultScopes}
+}
+
+// parseEnvKeys reads RESTGATE_API_KEY: `token:username`, several separated
+// by commas.
+func parseEnvKeys(v string) ([]KeyEntry, error) {
+	var out []KeyEntry
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		token, user, ok := strings.Cut(part, ":")
+		if !ok || token == "" || user == "" {
+			return nil, fmt.Errorf("RESTGATE_API_KEY: want token:username")
+		}
+		out = append(out, plainEntry(token, user))
+	}
+	return out, nil
+}
+
+// build turns entries into a key set; later entries win over earlier ones
+// with the same hash.
+func build(entries []KeyEntry) (*keySet, error) {
+	ks := &keySet{byHash: make(map[[sha256.Size]byte]*key, len(entries))}
+	for i, e := range entries {
+		k, err := e.load()
+		if err != nil {
+			return nil, fmt.Errorf("key %d (%s): %v", i+1, e.User, err)
+		}
+		ks.byHash[k.hash] = k
+	}
+	return ks, nil
+}
+
+func (e KeyEntry) load() (*key, error) {
+	if e.User == "" {
+		return nil, fmt.Errorf("no user")
+	}
+	if strings.ContainsAny(e.User, "\r\n\x00") || len(e.User) > 256 {
+		return nil, fmt.Errorf("invalid user name")
+	}
+	raw, err := hex.DecodeString(strings.ToLower(strings.TrimSpace(e.SHA256)))
+	if err != nil || len(raw) != sha256.Size {
+		return nil, fmt.Errorf("sha256 must be 64 hex digits")
+	}
+	k := &key{id: e.ID, user: e.User, scopes: e.Scopes}
+	copy(k.hash[:], raw)
+	if k.id == "" {
+		// an id that names the key in logs without revealing its hash
+		h := sha256.Sum256(k.hash[:])
+		k.id = "key-" + hex.EncodeToString(h[:4])
+	}
+	for _, s := range k.scopes {
+		if s == "" || strings.ContainsAny(s, " ,\r\n") {
+			return nil, fmt.Errorf("invalid scope %q", s)
+		}
+	}
+	if e.Expires != "" {
+		if k.expires, err = time.Parse(time.RFC3339, e.Expires); err != nil {
+			return nil, fmt.Errorf("expires: %v", err)
+		}
+	}
+	k.scopesString = strings.Join(k.scopes, " ")
+	k.userAny, k.scopesAny, k.idAny = k.user, k.scopesString, k.id
+	k.userHeader = []string{k.user}
+	k.scopesHeader = []string{k.scopesString}
+	return k, nil
+}

@@ -1,0 +1,267 @@
+package tests
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestAuthThroughGateway(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+
+	r := Do(t, c, "GET", g.URL("/v1/events"), "")
+	AssertProblem(t, r, 401)
+	if got := r.Header.Get("WWW-Authenticate"); got != `Bearer realm="restgate"` {
+		t.Errorf("no key: challenge %q", got)
+	}
+	r = Do(t, c, "GET", g.URL("/v1/events"), "", "Authorization", "Bearer rg_not_a_key")
+	if m := AssertProblem(t, r, 401); m["code"] != "invalid_key" {
+		t.Errorf("bad key: code %v", m["code"])
+	}
+	if got := r.Header.Get("WWW-Authenticate"); got != `Bearer realm="restgate", error="invalid_token"` {
+		t.Errorf("bad key: challenge %q", got)
+	}
+	r = Do(t, c, "POST", g.URL("/v1/events"), `{"name": "x"}`, bearer("reader")...)
+	if m := AssertProblem(t, r, 403); m["code"] != "insufficient_scope" {
+		t.Errorf("no scope: code %v", m["code"])
+	}
+	if got := r.Header.Get("WWW-Authenticate"); !strings.Contains(got, `error="insufficient_scope", scope="write"`) {
+		t.Errorf("no scope: challenge %q", got)
+	}
+	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events"), "", "Authorization", "Bearer a", "X-API-Key", "b"), 400)
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", "X-API-Key", testKeys["reader"].token); r.StatusCode != 200 {
+		t.Errorf("X-API-Key: %d", r.StatusCode)
+	}
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", "Authorization", "Api-Key "+testKeys["reader"].token); r.StatusCode != 200 {
+		t.Errorf("Api-Key scheme: %d", r.StatusCode)
+	}
+	if r := Do(t, c, "GET", g.URL("/v1/health"), ""); r.StatusCode != 200 {
+		t.Errorf("health needs no key: %d", r.StatusCode)
+	}
+
+	// owned secrets: one user never sees another's, whatever it claims
+	if r := Do(t, c, "POST", g.URL("/v1/secrets"), `{"name": "db", "value": "alice-s3cret"}`, bearer("alice")...); r.StatusCode != 201 {
+		t.Fatalf("alice's secret: %d %s", r.StatusCode, r.Body)
+	}
+	spoof := append(bearer("bob"), "X-Auth-User", "alice", "X-Auth-Scopes", "admin")
+	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/secrets/db"), "", spoof...), 404)
+	if m := Do(t, c, "GET", g.URL("/v1/secrets"), "", spoof...).JSON(t); m["pagination"].(map[string]any)["total_count"] != 0.0 {
+		t.Errorf("bob (claiming to be alice) lists %v", m)
+	}
+	r = Do(t, c, "GET", g.URL("/v1/secrets/db"), "", bearer("admin")...)
+	if r.StatusCode != 200 || r.JSON(t)["owner"] != "alice" || strings.Contains(string(r.Body), "alice-s3cret") {
+		t.Errorf("admin reads %d %s", r.StatusCode, r.Body)
+	}
+
+	// audit lines for writes, and no key or hash in any log line
+	waitFor(t, 5*time.Second, "the audit line", func() bool {
+		return strings.Contains(g.Logs(), `"logger":"http.handlers.api_auth.audit"`)
+	})
+	if !regexp.MustCompile(`"logger":"http.handlers.api_auth.audit".*"user":"alice".*"method":"POST".*"status":201`).MatchString(g.Logs()) {
+		t.Error("no audit line for alice's POST")
+	}
+	if !strings.Contains(g.Logs(), `"user_id":"alice"`) {
+		t.Error("the access log has no user_id for alice")
+	}
+	for user, k := range testKeys {
+		sum := sha256.Sum256([]byte(k.token))
+		if strings.Contains(g.Logs(), k.token) || strings.Contains(g.Logs(), hex.EncodeToString(sum[:])) {
+			t.Errorf("%s's key or its hash is in the logs", user)
+		}
+	}
+}
+
+// TestIdentityReachesBackend uses a backend that echoes the headers it got.
+func TestIdentityReachesBackend(t *testing.T) {
+	const cfg = `{
+	admin {$RESTGATE_ADMIN}
+	persist_config off
+	skip_install_trust
+	storage file_system {$RESTGATE_DATA}/caddy
+	http_port {$RESTGATE_HTTP_PORT}
+	https_port {$RESTGATE_HTTPS_PORT}
+	default_bind 127.0.0.1
+}
+https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	tls internal
+	api_errors
+	api_auth {
+		keys_file {$RESTGATE_DATA}/api-keys.yaml
+		anonymous GET
+	}
+	reverse_proxy 127.0.0.1:{$RESTGATE_BACKEND_PORT}
+}
+http://:{$RESTGATE_BACKEND_PORT} {
+	respond "user=[{http.request.header.X-Auth-User}] scopes=[{http.request.header.X-Auth-Scopes}] auth=[{http.request.header.Authorization}] key=[{http.request.header.X-Api-Key}]"
+}
+`
+	g := StartGateway(t, cfg, Options{})
+	c := g.Client()
+	tests := []struct {
+		name    string
+		method  string
+		headers []string
+		want    string
+	}{
+		{"bearer", "POST", bearer("alice"), "user=[alice] scopes=[read write] auth=[] key=[]"},
+		{"spoofed with key", "POST", append(bearer("bob"), "X-Auth-User", "alice", "X-Auth-Scopes", "admin"), "user=[bob] scopes=[read write] auth=[] key=[]"},
+		{"spoofed anonymous", "GET", []string{"X-Auth-User", "alice", "X-Auth-Scopes", "admin"}, "user=[] scopes=[] auth=[] key=[]"},
+		{"key header stripped", "GET", []string{"X-API-Key", testKeys["reader"].token}, "user=[reader] scopes=[read] auth=[] key=[]"},
+		{"spoofed lower case", "GET", []string{"x-auth-user", "alice"}, "user=[] scopes=[] auth=[] key=[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Do(t, c, tt.method, g.URL("/"), "", tt.headers...)
+			if r.StatusCode != 200 || string(r.Body) != tt.want {
+				t.Errorf("backend saw %d %q, want %q", r.StatusCode, r.Body, tt.want)
+			}
+		})
+	}
+}
+
+// TestKeyRotationUnderLoad rewrites the key file while clients keep
+// sending requests: valid keys never fail, a new key starts working and a
+// removed one stops, with no restart; a broken file keeps the old keys.
+func TestKeyRotationUnderLoad(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+	keyFile := filepath.Join(g.Dir, "api-keys.yaml")
+	writeKeys := func(users ...string) {
+		t.Helper()
+		var b strings.Builder
+		b.WriteString("keys:\n")
+		for _, u := range users {
+			k, ok := testKeys[u]
+			if !ok {
+				k.token, k.scopes = "rg_test_carol_0000000000000000000000000006", []string{"read"}
+			}
+			b.WriteString(keyEntry(u, k.token, k.scopes))
+		}
+		replaceFile(t, keyFile, b.String())
+	}
+
+	var failures, sent atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r, err := Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
+				sent.Add(1)
+				if err != nil || r.StatusCode != 200 {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	carol := []string{"Authorization", "Bearer rg_test_carol_0000000000000000000000000006"}
+	works := func(h []string) bool {
+		r, err := Send(c, "GET", g.URL("/v1/events"), "", h...)
+		return err == nil && r.StatusCode == 200
+	}
+	start := time.Now()
+	writeKeys("tester", "carol")
+	waitFor(t, 10*time.Second, "the new key to work", func() bool { return works(carol) })
+	t.Logf("new key live after %v", time.Since(start).Round(10*time.Millisecond))
+	if works(bearer("alice")) {
+		t.Error("alice's key, not in the new file, still works")
+	}
+	replaceFile(t, keyFile, "keys: [this is: not {valid yaml")
+	waitFor(t, 10*time.Second, "the broken file to be noticed", func() bool {
+		return strings.Contains(g.Logs(), "reloading API keys failed")
+	})
+	if !works(carol) {
+		t.Error("a broken key file dropped the previous keys")
+	}
+	close(stop)
+	wg.Wait()
+	if failures.Load() > 0 {
+		t.Errorf("%d of %d requests with a valid key failed during rotation", failures.Load(), sent.Load())
+	}
+	t.Logf("%d requests with a valid key during rotation, none failed", sent.Load())
+
+	start = time.Now()
+	writeKeys("carol")
+	waitFor(t, 10*time.Second, "the removed key to stop working", func() bool { return !works(bearer("tester")) })
+	t.Logf("removed key refused after %v", time.Since(start).Round(10*time.Millisecond))
+}
+
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFailSecureStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(":0 {\n\tapi_auth {\n\t\tkeys_file "+dir+"/none.yaml\n\t}\n\trespond ok\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "validate", "--config", cfg)
+	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "restgate api-key") {
+		t.Fatalf("a config without keys validated (err %v):\n%s", err, out)
+	}
+	cmd = exec.Command(binary, "validate", "--config", cfg)
+	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "RESTGATE_API_KEY=tok:someone"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("RESTGATE_API_KEY should satisfy it: %v\n%s", err, out)
+	}
+}
+
+func TestAPIKeyCommand(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "keys.yaml")
+	out, err := exec.Command(binary, "api-key", "--user", "erin", "--scopes", "read", "--out", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("api-key: %v\n%s", err, out)
+	}
+	token := regexp.MustCompile(`rg_[A-Za-z0-9_-]{43}`).FindString(string(out))
+	if token == "" {
+		t.Fatalf("no key in the output:\n%s", out)
+	}
+	content, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(token))
+	if !strings.Contains(string(content), hex.EncodeToString(sum[:])) || strings.Contains(string(content), token) {
+		t.Errorf("key file:\n%s", content)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	// a second key is appended, not overwritten
+	if out, err := exec.Command(binary, "api-key", "--user", "finn", "--out", file).CombinedOutput(); err != nil {
+		t.Fatalf("second api-key: %v\n%s", err, out)
+	}
+	content, _ = os.ReadFile(file)
+	if !strings.Contains(string(content), "erin") || !strings.Contains(string(content), "finn") {
+		t.Errorf("key file after two keys:\n%s", content)
+	}
+	if out, err := exec.Command(binary, "api-key").CombinedOutput(); err == nil {
+		t.Errorf("api-key without --user succeeded:\n%s", out)
+	}
+}
