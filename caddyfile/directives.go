@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ api_auth ▶ … ▶ reverse_proxy / resources
+//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -20,14 +20,23 @@ import (
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
 	_ "github.com/restgate/restgate/modules/apihost"
+	"github.com/restgate/restgate/modules/ratelimit"
 	"github.com/restgate/restgate/modules/problem"
 )
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("api_errors", problem.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
+
+	// The per-IP zone runs before auth (it throttles credential stuffing and
+	// counts failed authentications); the per-principal zone after it, so
+	// it can key on the authenticated user.
+	httpcaddyfile.RegisterHandlerDirective("api_rate_limit_ip", ratelimit.ParseCaddyfileIP)
+	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit_ip", httpcaddyfile.Before, "push")
 	httpcaddyfile.RegisterHandlerDirective("api_auth", apiauth.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("api_auth", httpcaddyfile.Before, "push")
+	httpcaddyfile.RegisterHandlerDirective("api_rate_limit", ratelimit.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit", httpcaddyfile.Before, "push")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
 	httpcaddyfile.RegisterHandlerDirective("resources", resources.ParseCaddyfile)

@@ -128,6 +128,9 @@ func startGateway(t testing.TB, caddyfile string, opt Options) (*Gateway, error)
 		fmt.Sprintf("RESTGATE_ADMIN=127.0.0.1:%d", g.Admin),
 		fmt.Sprintf("RESTGATE_BACKEND_PORT=%d", g.Backend),
 		"RESTGATE_BIND=127.0.0.1",
+		// limits no functional test reaches; the rate-limit tests set their own
+		"RESTGATE_RATE_PER_IP=1000000/1s",
+		"RESTGATE_RATE_PER_USER=1000000/1s",
 	}
 	for k, v := range opt.Env {
 		g.Env = append(g.Env, k+"="+v)

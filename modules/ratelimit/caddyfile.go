@@ -1,0 +1,195 @@
+package ratelimit
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// ParseCaddyfile sets up `api_rate_limit`: zones after api_auth, keyed by
+// default on the authenticated user (else the client IP).
+func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// ParseCaddyfileIP sets up `api_rate_limit_ip`: zones before api_auth, keyed
+// by default on the client IP, whose admitted requests a later
+// api_rate_limit refunds if it refuses them.
+func ParseCaddyfileIP(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := &Handler{ShareRefunds: true}
+	if err := m.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	for _, z := range m.Zones {
+		if z.Key == "" {
+			z.Key = "{client_ip}"
+		}
+	}
+	return m, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	api_rate_limit [<matcher>] {
+//		zone <name> [<events>/<window>] {
+//			key         <placeholder template>
+//			rate        <events>/<window>
+//			burst       <n>
+//			methods     <methods...>
+//			paths       <paths...>
+//			ipv6_prefix <bits>
+//			max_keys    <n>
+//		}
+//		mode report_only|enforce
+//		legacy_headers
+//		log_key
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt != "zone" {
+			if seen[opt] {
+				return d.Errf("%s already specified", opt)
+			}
+			seen[opt] = true
+		}
+		switch opt {
+		case "zone":
+			z, err := parseZone(d)
+			if err != nil {
+				return err
+			}
+			h.Zones = append(h.Zones, z)
+		case "mode":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Mode = d.Val()
+			if h.Mode != ModeEnforce && h.Mode != ModeReportOnly {
+				return d.Errf("mode must be %s or %s", ModeEnforce, ModeReportOnly)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "legacy_headers", "log_key":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if opt == "log_key" {
+				h.LogKey = true
+			} else {
+				h.LegacyHeaders = true
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	if len(h.Zones) == 0 {
+		return d.Err("at least one zone is required")
+	}
+	return nil
+}
+
+func parseZone(d *caddyfile.Dispenser) (*Zone, error) {
+	z := new(Zone)
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	z.Name = d.Val()
+	if d.NextArg() {
+		if err := parseRate(d, z); err != nil {
+			return nil, err
+		}
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("zone %s: %s already specified", z.Name, opt)
+		}
+		seen[opt] = true
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return nil, d.ArgErr()
+		}
+		intArg := func(dst *int) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || len(args) != 1 {
+				return d.Errf("zone %s: %s takes one whole number", z.Name, opt)
+			}
+			*dst = n
+			return nil
+		}
+		var err error
+		switch opt {
+		case "key":
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			z.Key = args[0]
+		case "rate":
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			err = parseRateValue(d, z, args[0])
+		case "burst":
+			err = intArg(&z.Burst)
+		case "ipv6_prefix":
+			err = intArg(&z.IPv6Prefix)
+		case "max_keys":
+			err = intArg(&z.MaxKeys)
+		case "methods":
+			for _, m := range args {
+				z.Methods = append(z.Methods, strings.ToUpper(m))
+			}
+		case "paths":
+			z.Paths = append(z.Paths, args...)
+		default:
+			return nil, d.Errf("zone %s: unrecognized option '%s'", z.Name, opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if z.Events == 0 {
+		return nil, d.Errf("zone %s: no rate; write `zone %s 100/1m` or `rate 100/1m`", z.Name, z.Name)
+	}
+	return z, nil
+}
+
+func parseRate(d *caddyfile.Dispenser, z *Zone) error { return parseRateValue(d, z, d.Val()) }
+
+// parseRateValue reads <events>/<window>, e.g. 100/1m, 10/s.
+func parseRateValue(d *caddyfile.Dispenser, z *Zone, v string) error {
+	ev, win, ok := strings.Cut(v, "/")
+	n, err := strconv.Atoi(ev)
+	if !ok || err != nil || n < 1 {
+		return d.Errf("zone %s: rate '%s': want <events>/<window>, e.g. 100/1m", z.Name, v)
+	}
+	if win == "" || win[0] < '0' || win[0] > '9' {
+		win = "1" + win // 10/s means 10/1s
+	}
+	dur, err := caddy.ParseDuration(win)
+	if err != nil || dur <= 0 {
+		return d.Errf("zone %s: rate '%s': invalid window", z.Name, v)
+	}
+	z.Events, z.Window = n, caddy.Duration(dur)
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,324 @@
+// Package ratelimit implements http.handlers.api_rate_limit: token buckets
+// (golang.org/x/time/rate) per principal or per client IP in bounded LRUs,
+// all-or-nothing across zones, with the IETF RateLimit-Policy and RateLimit
+// headers on every response.
+package ratelimit
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/restgate/restgate/modules/problem"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Modes.
+const (
+	ModeEnforce    = "enforce"
+	ModeReportOnly = "report_only"
+)
+
+// Handler admits a request only if every zone that applies to it has a
+// token for the request's key; a zone that admitted it gets its token back
+// when a later zone (here, or in an earlier api_rate_limit handler of the
+// same request) refuses it, so a refused request spends nothing anywhere.
+//
+// Every response that passed through a zone carries `RateLimit-Policy` and
+// `RateLimit` (draft-ietf-httpapi-ratelimit-headers); a refusal is a 429 with
+// `Retry-After` and a problem of type quota-exceeded listing
+// `violated-policies`.
+//
+// Placeholder set on refusal: `{http.rate_limit.exceeded.name}` (the zone).
+type Handler struct {
+	// The zones. Each request is checked against every zone whose matchers
+	// it meets.
+	Zones []*Zone `json:"zones,omitempty"`
+
+	// `enforce` (default) refuses with 429; `report_only` sets the headers
+	// and logs what it would refuse, and refuses nothing.
+	Mode string `json:"mode,omitempty"`
+
+	// Also send X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset.
+	LegacyHeaders bool `json:"legacy_headers,omitempty"`
+
+	// Log the key (a user name or an IP address) of refused requests.
+	// Default: off, since keys identify people.
+	LogKey bool `json:"log_key,omitempty"`
+
+	// Keep this handler's admitted reservations for a later api_rate_limit
+	// in the same route to refund if it refuses the request. The Caddyfile's
+	// `api_rate_limit_ip` sets it.
+	ShareRefunds bool `json:"share_refunds,omitempty"`
+
+	now    func() time.Time
+	logger *zap.Logger
+	events *caddyevents.App
+	ctx    caddy.Context
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.api_rate_limit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// maxZones bounds the zones of one handler (the per-request bookkeeping
+// lives on the stack).
+const maxZones = 8
+
+// Provision sets defaults and attaches each zone to its state, which
+// survives config reloads.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.logger = ctx.Logger()
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.Mode == "" {
+		h.Mode = ModeEnforce
+	}
+	// emit events only where the operator configured the events app (and so
+	// may have subscribed to them)
+	if app, err := ctx.AppIfConfigured("events"); err == nil {
+		h.events, _ = app.(*caddyevents.App)
+	}
+	m, err := registerMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return err
+	}
+	for _, z := range h.Zones {
+		if err := z.provision(ctx); err != nil {
+			return fmt.Errorf("zone %q: %v", z.Name, err)
+		}
+		z.counters = m.forZone(z.Name)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Mode != ModeEnforce && h.Mode != ModeReportOnly {
+		return fmt.Errorf("mode must be %s or %s", ModeEnforce, ModeReportOnly)
+	}
+	if len(h.Zones) == 0 {
+		return fmt.Errorf("no zones")
+	}
+	if len(h.Zones) > maxZones {
+		return fmt.Errorf("at most %d zones per handler", maxZones)
+	}
+	names := map[string]bool{}
+	for _, z := range h.Zones {
+		if names[z.Name] {
+			return fmt.Errorf("zone %q declared twice", z.Name)
+		}
+		names[z.Name] = true
+		if err := z.validate(); err != nil {
+			return fmt.Errorf("zone %q: %v", z.Name, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the zones' state.
+func (h *Handler) Cleanup() error {
+	var errs []error
+	for _, z := range h.Zones {
+		errs = append(errs, z.release())
+	}
+	return errors.Join(errs...)
+}
+
+// refunds holds the admitted decisions of earlier handlers in a request.
+type refunds struct {
+	decisions []*Decision
+}
+
+const refundsVar = "restgate.rate_limit.refunds"
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	now := h.now()
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var decided [maxZones]Decision
+	var applied [maxZones]*Zone
+	n := 0
+	refused := -1
+	for _, z := range h.Zones {
+		if !z.applies(r) {
+			continue
+		}
+		key := z.keyFor(r, repl)
+		d := z.state.store.Reserve(key, z.limit, z.burst, now)
+		decided[n], applied[n] = d, z
+		n++
+		if !d.Admitted {
+			refused = n - 1
+			break
+		}
+	}
+	if n == 0 {
+		return next.ServeHTTP(w, r)
+	}
+	h.setHeaders(w.Header(), applied[:n], decided[:n])
+
+	if refused < 0 {
+		for i := range n {
+			applied[i].counters.admitted.Inc()
+		}
+		if h.ShareRefunds {
+			h.keepForRefund(r, decided[:n])
+		}
+		return next.ServeHTTP(w, r)
+	}
+
+	// refused: nothing admitted for this request may stay spent
+	for i := range refused {
+		decided[i].Refund(now)
+	}
+	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
+		for _, d := range rf.decisions {
+			d.Refund(now)
+		}
+	}
+	z, d := applied[refused], decided[refused]
+	h.reportRefusal(r, z, d)
+	if h.Mode == ModeReportOnly {
+		z.counters.wouldRefuse.Inc()
+		return next.ServeHTTP(w, r)
+	}
+	z.counters.refused.Inc()
+	if repl != nil {
+		repl.Set("http.rate_limit.exceeded.name", z.Name)
+	}
+	w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(d.RetryIn), 10))
+	p := problem.New(http.StatusTooManyRequests, fmt.Sprintf("the %q limit of %d requests per %s is used up; retry after the Retry-After delay", z.Name, z.Events, time.Duration(z.Window)))
+	p.Type = problem.TypeQuotaExceeded
+	p.Code = "rate_limited"
+	p.Extensions = map[string]any{"violated-policies": []string{z.Name}}
+	return caddyhttp.Error(http.StatusTooManyRequests, p)
+}
+
+func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {
+	rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds)
+	if !ok {
+		rf = new(refunds)
+		caddyhttp.SetVar(r.Context(), refundsVar, rf)
+	}
+	for i := range decided {
+		d := decided[i]
+		rf.decisions = append(rf.decisions, &d)
+	}
+}
+
+func (h *Handler) reportRefusal(r *http.Request, z *Zone, d Decision) {
+	fields := []zap.Field{
+		zap.String("zone", z.Name),
+		zap.String("mode", h.Mode),
+		zap.Duration("retry_in", d.RetryIn),
+		zap.String("request_id", problem.RequestIDFromRequest(r)),
+	}
+	if h.LogKey {
+		fields = append(fields, zap.String("key", z.keyFor(r, nil)))
+	}
+	h.logger.Info("rate limit exceeded", fields...)
+	if h.events != nil {
+		h.events.Emit(h.ctx, "rate_limit_exceeded", map[string]any{"zone": z.Name, "mode": h.Mode})
+	}
+}
+
+// setHeaders writes RateLimit-Policy and RateLimit for the zones that applied.
+func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision) {
+	var arr [256]byte // on the stack for the usual one or two zones
+	buf := arr[:0]
+	for i, z := range zones {
+		if i > 0 {
+			buf = append(buf, ", "...)
+		}
+		buf = appendItem(buf, z.Name, decided[i])
+	}
+	addValue(hdr, "Ratelimit", string(buf))
+	for i, z := range zones {
+		if i == 0 && len(hdr["Ratelimit-Policy"]) == 0 {
+			hdr["Ratelimit-Policy"] = z.policyHeader // shared, clipped: never appended to in place
+			continue
+		}
+		addValue(hdr, "Ratelimit-Policy", z.policy)
+	}
+	if h.LegacyHeaders {
+		// the most constrained zone speaks for the request
+		lo := 0
+		for i := range decided {
+			if decided[i].Remaining < decided[lo].Remaining {
+				lo = i
+			}
+		}
+		hdr.Set("X-Ratelimit-Limit", strconv.Itoa(zones[lo].Events))
+		hdr.Set("X-Ratelimit-Remaining", strconv.Itoa(int(decided[lo].Remaining)))
+		hdr.Set("X-Ratelimit-Reset", strconv.FormatInt(ceilSeconds(decided[lo].ResetIn), 10))
+	}
+}
+
+// appendItem appends one RateLimit list member: "name";r=<remaining>;t=<seconds to full>.
+func appendItem(b []byte, name string, d Decision) []byte {
+	b = strconv.AppendQuote(b, name)
+	b = append(b, ";r="...)
+	b = strconv.AppendInt(b, int64(math.Floor(d.Remaining)), 10)
+	b = append(b, ";t="...)
+	return strconv.AppendInt(b, ceilSeconds(d.ResetIn), 10)
+}
+
+// addValue adds a header value without growing a slice another handler may share.
+func addValue(h http.Header, key, v string) {
+	if old := h[key]; len(old) > 0 {
+		h[key] = append(old[:len(old):len(old)], v)
+		return
+	}
+	h[key] = []string{v}
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(d.Seconds()))
+}
+
+// clientIP is Caddy's client IP (which honours trusted_proxies), masked to
+// the zone's IPv6 prefix so that one host cannot rotate through its /64.
+func clientIP(r *http.Request, v6prefix int) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if ip == "" {
+		ip, _, _ = net.SplitHostPort(r.RemoteAddr)
+	}
+	if !strings.Contains(ip, ":") {
+		return ip
+	}
+	parsed := net.ParseIP(ip)
+	if parsed == nil {
+		return ip
+	}
+	return parsed.Mask(net.CIDRMask(v6prefix, 128)).String() + "/" + strconv.Itoa(v6prefix)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,142 @@
+package tests
+
+import (
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dunglas/httpsfv"
+)
+
+func TestRateLimitThroughGateway(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{Env: map[string]string{
+		"RESTGATE_RATE_PER_USER": "3/1m",
+		"RESTGATE_RATE_PER_IP":   "1000/1m",
+	}})
+	c := g.Client()
+	for i := 0; i < 3; i++ {
+		r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("alice")...)
+		if r.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, r.StatusCode, r.Body)
+		}
+		list, err := httpsfv.UnmarshalList(r.Header.Values("RateLimit"))
+		if err != nil || len(list) != 2 {
+			t.Fatalf("RateLimit %q: %v", r.Header.Values("RateLimit"), err)
+		}
+		if _, err := httpsfv.UnmarshalList(r.Header.Values("RateLimit-Policy")); err != nil {
+			t.Fatalf("RateLimit-Policy %q: %v", r.Header.Values("RateLimit-Policy"), err)
+		}
+		for _, m := range list {
+			it := m.(httpsfv.Item)
+			rem, _ := it.Params.Get("r")
+			if it.Value == "per-user" && rem != int64(2-i) {
+				t.Errorf("request %d: per-user r=%v, want %d", i, rem, 2-i)
+			}
+		}
+	}
+	r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("alice")...)
+	m := AssertProblem(t, r, 429)
+	if m["type"] != "https://iana.org/assignments/http-problem-types#quota-exceeded" || fmt.Sprint(m["violated-policies"]) != "[per-user]" {
+		t.Errorf("429 body: %s", r.Body)
+	}
+	if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 20 {
+		t.Errorf("Retry-After = %q, want 1..20 (a token per 20s)", r.Header.Get("Retry-After"))
+	}
+	if r.Header.Get("RateLimit") == "" || r.Header.Get("RateLimit-Policy") == "" {
+		t.Error("a 429 without RateLimit headers")
+	}
+	// another user is unaffected
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("bob")...); r.StatusCode != 200 {
+		t.Errorf("bob: %d", r.StatusCode)
+	}
+	waitFor(t, 5*time.Second, "the refusal log line", func() bool { return strings.Contains(g.Logs(), `"msg":"rate limit exceeded"`) })
+	if strings.Contains(g.Logs(), `"key":"alice"`) {
+		t.Error("the key was logged without log_key")
+	}
+}
+
+const limitConfig = `{
+	admin {$RESTGATE_ADMIN}
+	persist_config off
+	skip_install_trust
+	storage file_system {$RESTGATE_DATA}/caddy
+	http_port {$RESTGATE_HTTP_PORT}
+	https_port {$RESTGATE_HTTPS_PORT}
+	default_bind 127.0.0.1
+	%s
+}
+https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	tls internal
+	api_errors
+	api_rate_limit_ip {
+		zone per-ip %s
+	}
+	respond "%s"
+}
+`
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	g := StartGateway(t, fmt.Sprintf(limitConfig, "", "1/1s", "ok"), Options{})
+	c := g.Client()
+	if r := Do(t, c, "GET", g.URL("/"), ""); r.StatusCode != 200 {
+		t.Fatalf("first: %d", r.StatusCode)
+	}
+	r := Do(t, c, "GET", g.URL("/"), "")
+	if r.StatusCode != 429 {
+		t.Fatalf("second: %d", r.StatusCode)
+	}
+	ra, _ := strconv.Atoi(r.Header.Get("Retry-After"))
+	if ra != 1 {
+		t.Fatalf("Retry-After = %q, want 1", r.Header.Get("Retry-After"))
+	}
+	time.Sleep(time.Duration(ra) * time.Second) // what a well-behaved client does
+	if r := Do(t, c, "GET", g.URL("/"), ""); r.StatusCode != 200 {
+		t.Errorf("after waiting Retry-After: %d %s", r.StatusCode, r.Body)
+	}
+}
+
+func TestRateLimitStateSurvivesReload(t *testing.T) {
+	g := StartGateway(t, fmt.Sprintf(limitConfig, "", "2/1h", "one"), Options{})
+	c := g.Client()
+	for i := 0; i < 2; i++ {
+		Do(t, c, "GET", g.URL("/"), "")
+	}
+	AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 429)
+	if err := writeFile(g.Config, fmt.Sprintf(limitConfig, "", "3/1h", "two")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))
+	cmd.Env = g.Env
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("reload: %v\n%s", err, b)
+	}
+	// the new config is live when its response changes; until the bucket
+	// refills (20 minutes at 3/h) it must still refuse
+	waitFor(t, 10*time.Second, "the reloaded config", func() bool {
+		r, err := Send(c, "GET", g.URL("/"), "")
+		return err == nil && (string(r.Body) == "two" || strings.Contains(r.Header.Get("RateLimit-Policy"), "q=3"))
+	})
+	r := Do(t, c, "GET", g.URL("/"), "")
+	if r.StatusCode != 429 || !strings.Contains(r.Header.Get("RateLimit-Policy"), "q=3") {
+		t.Errorf("after reload: %d %q %s (the bucket must survive the reload)", r.StatusCode, r.Header.Get("RateLimit-Policy"), r.Body)
+	}
+}
+
+func TestTrustedProxies(t *testing.T) {
+	trusted := StartGateway(t, fmt.Sprintf(limitConfig, "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}", "1/1h", "ok"), Options{})
+	untrusted := StartGateway(t, fmt.Sprintf(limitConfig, "", "1/1h", "ok"), Options{})
+	status := func(g *Gateway, xff string) int {
+		return Do(t, g.Client(), "GET", g.URL("/"), "", "X-Forwarded-For", xff).StatusCode
+	}
+	// behind a trusted proxy, each forwarded client has its own bucket
+	if status(trusted, "198.51.100.1") != 200 || status(trusted, "198.51.100.2") != 200 || status(trusted, "198.51.100.1") != 429 {
+		t.Error("trusted proxy: forwarded clients are not keyed separately")
+	}
+	// from an untrusted peer, X-Forwarded-For is ignored: one bucket
+	if status(untrusted, "198.51.100.1") != 200 || status(untrusted, "198.51.100.2") != 429 {
+		t.Error("untrusted peer: a spoofed X-Forwarded-For got its own bucket")
+	}
+}
