@@ -20,8 +20,8 @@ import (
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
 	_ "github.com/restgate/restgate/modules/apihost"
-	"github.com/restgate/restgate/modules/ratelimit"
 	"github.com/restgate/restgate/modules/problem"
+	"github.com/restgate/restgate/modules/ratelimit"
 )
 
 func init() {

@@ -72,13 +72,13 @@ type Handler struct {
 	// The collections to serve.
 	Collections []*Collection `json:"collections,omitempty"`
 
-	byName  map[string]*Collection
-	store   Store
-	poolKey string
+	byName      map[string]*Collection
+	store       Store
+	poolKey     string
 	openapi     []byte
 	openapiETag string
-	now     func() time.Time
-	logger  *zap.Logger
+	now         func() time.Time
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
