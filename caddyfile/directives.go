@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ … ▶ reverse_proxy / resources
+//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_etag ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -20,6 +20,7 @@ import (
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
 	_ "github.com/restgate/restgate/modules/apihost"
+	"github.com/restgate/restgate/modules/etag"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/ratelimit"
 )
@@ -37,6 +38,12 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("api_auth", httpcaddyfile.Before, "push")
 	httpcaddyfile.RegisterHandlerDirective("api_rate_limit", ratelimit.ParseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit", httpcaddyfile.Before, "push")
+
+	// api_etag hashes what the backend sent, so it sits inside encode (which
+	// then suffixes the ETag per encoding) and after every access check, so
+	// that its cache never answers a request auth or a limit would refuse.
+	httpcaddyfile.RegisterHandlerDirective("api_etag", etag.ParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("api_etag", httpcaddyfile.Before, "push")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
 	httpcaddyfile.RegisterHandlerDirective("resources", resources.ParseCaddyfile)

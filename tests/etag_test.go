@@ -1,0 +1,282 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// plainBackend is a small service that knows nothing of ETags or locking:
+// a counter with a racy read-modify-write (as many real services are), a
+// per-user document, and a collection. It listens on a free loopback port.
+type plainBackend struct {
+	mu      sync.Mutex
+	counter int
+	items   []string
+	gets    atomic.Int64
+}
+
+func startPlainBackend(t *testing.T) (*plainBackend, int) {
+	t.Helper()
+	b := &plainBackend{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: b, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return b, l.Addr().(*net.TCPAddr).Port
+}
+
+func (b *plainBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case r.URL.Path == "/v1/counter" && r.Method == http.MethodGet:
+		b.mu.Lock()
+		n := b.counter
+		b.mu.Unlock()
+		fmt.Fprintf(w, `{"n": %d}`, n)
+	case r.URL.Path == "/v1/counter" && r.Method == http.MethodPut:
+		var v struct{ N int }
+		if err := json.NewDecoder(r.Body).Decode(&v); err != nil {
+			w.WriteHeader(400)
+			return
+		}
+		b.mu.Lock()
+		b.counter = v.N
+		b.mu.Unlock()
+		fmt.Fprintf(w, `{"n": %d}`, v.N)
+	case r.URL.Path == "/v1/me":
+		b.gets.Add(1)
+		w.Header().Set("Cache-Control", "max-age=300")
+		fmt.Fprintf(w, `{"user": %q}`, r.Header.Get("X-Auth-User"))
+	case r.URL.Path == "/v1/items" && r.Method == http.MethodGet:
+		b.gets.Add(1)
+		b.mu.Lock()
+		items, _ := json.Marshal(b.items)
+		b.mu.Unlock()
+		w.Header().Set("Cache-Control", "max-age=300")
+		w.Write(items)
+	case r.URL.Path == "/v1/items" && r.Method == http.MethodPost:
+		body, _ := io.ReadAll(r.Body)
+		b.mu.Lock()
+		b.items = append(b.items, string(body))
+		b.mu.Unlock()
+		w.Header().Set("Location", "/v1/items/"+strconv.Itoa(len(b.items)))
+		w.WriteHeader(http.StatusCreated)
+	default:
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, `{"error": "no such thing"}`)
+	}
+}
+
+const etagConfig = `{
+	admin {$RESTGATE_ADMIN}
+	persist_config off
+	skip_install_trust
+	storage file_system {$RESTGATE_DATA}/caddy
+	http_port {$RESTGATE_HTTP_PORT}
+	https_port {$RESTGATE_HTTPS_PORT}
+	default_bind 127.0.0.1
+}
+https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	tls internal
+	api_errors
+	api_auth {
+		keys_file {$RESTGATE_DATA}/api-keys.yaml
+	}
+	api_etag {
+		require_if_match /v1/counter
+		cache
+	}
+	reverse_proxy 127.0.0.1:%d
+}
+`
+
+// increment does GET → +1 → PUT with If-Match, retrying on 412, n times.
+func increment(c *http.Client, url string, n int, auth []string) error {
+	for done := 0; done < n; {
+		g, err := Send(c, "GET", url, "", auth...)
+		if err != nil {
+			return err
+		}
+		var v struct{ N int }
+		if err := json.Unmarshal(g.Body, &v); err != nil {
+			return fmt.Errorf("GET %s: %v: %s", url, err, g.Body)
+		}
+		body := fmt.Sprintf(`{"n": %d}`, v.N+1)
+		p, err := Send(c, "PUT", url, body, append(auth, "If-Match", g.Header.Get("ETag"))...)
+		if err != nil {
+			return err
+		}
+		switch p.StatusCode {
+		case 200:
+			done++
+		case 412: // someone else won; back off a little, read again
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+		default:
+			return fmt.Errorf("PUT: %d %s", p.StatusCode, p.Body)
+		}
+	}
+	return nil
+}
+
+func TestETagWithPlainBackend(t *testing.T) {
+	backend, port := startPlainBackend(t)
+	g := StartGateway(t, fmt.Sprintf(etagConfig, port), Options{})
+	c := g.Client()
+	url := g.URL("/v1/counter")
+
+	r := Do(t, c, "GET", url, "", bearer("tester")...)
+	etag := r.Header.Get("ETag")
+	if r.StatusCode != 200 || len(etag) != 18 {
+		t.Fatalf("GET: %d ETag %q", r.StatusCode, etag)
+	}
+	nm := Do(t, c, "GET", url, "", append(bearer("tester"), "If-None-Match", etag)...)
+	if nm.StatusCode != 304 || len(nm.Body) != 0 || nm.Header.Get("ETag") != etag {
+		t.Errorf("If-None-Match: %d %q", nm.StatusCode, nm.Header.Get("ETag"))
+	}
+	AssertProblem(t, Do(t, c, "PUT", url, `{"n": 5}`, bearer("tester")...), 428)
+	m := AssertProblem(t, Do(t, c, "PUT", url, `{"n": 5}`, append(bearer("tester"), "If-Match", `"stale"`)...), 412)
+	if !strings.Contains(fmt.Sprint(m["detail"]), "GET it again") {
+		t.Errorf("412 detail: %v", m["detail"])
+	}
+	p := Do(t, c, "PUT", url, `{"n": 5}`, append(bearer("tester"), "If-Match", etag)...)
+	if p.StatusCode != 200 || p.Header.Get("ETag") == "" || p.Header.Get("ETag") == etag {
+		t.Fatalf("PUT: %d ETag %q", p.StatusCode, p.Header.Get("ETag"))
+	}
+	if g2 := Do(t, c, "GET", url, "", bearer("tester")...); g2.Header.Get("ETag") != p.Header.Get("ETag") {
+		t.Errorf("the PUT's ETag %q is not the GET's %q", p.Header.Get("ETag"), g2.Header.Get("ETag"))
+	}
+	// a 404 stays a 404 whatever the preconditions
+	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing"), "", append(bearer("tester"), "If-None-Match", "*")...), 404)
+
+	t.Run("no lost update", func(t *testing.T) {
+		backend.mu.Lock()
+		backend.counter = 0
+		backend.mu.Unlock()
+		const clients, each = 50, 20
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		start := time.Now()
+		for i := 0; i < clients; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- increment(c, url, each, bearer("tester"))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if backend.counter != clients*each {
+			t.Errorf("counter = %d after %d acknowledged increments", backend.counter, clients*each)
+		}
+		t.Logf("%d clients × %d increments: counter %d in %v", clients, each, backend.counter, time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("principals never share", func(t *testing.T) {
+		for i := 0; i < 3; i++ {
+			for _, user := range []string{"alice", "bob"} {
+				r := Do(t, c, "GET", g.URL("/v1/me"), "", bearer(user)...)
+				if want := fmt.Sprintf(`{"user": %q}`, user); string(r.Body) != want {
+					t.Fatalf("%s got %s", user, r.Body)
+				}
+				if !strings.HasPrefix(r.Header.Get("Cache-Control"), "private") {
+					t.Errorf("%s's response: Cache-Control %q", user, r.Header.Get("Cache-Control"))
+				}
+				if cs := r.Header.Get("Cache-Status"); strings.Contains(cs, user) || strings.Contains(cs, "/v1/me") {
+					t.Errorf("Cache-Status reveals the key: %q", cs)
+				}
+			}
+		}
+		if n := backend.gets.Load(); n != 2 {
+			t.Errorf("backend saw %d GETs of /v1/me, want 2 (one per user, then hits)", n)
+		}
+	})
+
+	t.Run("writes invalidate the collection", func(t *testing.T) {
+		first := Do(t, c, "GET", g.URL("/v1/items"), "", bearer("tester")...)
+		if hit := Do(t, c, "GET", g.URL("/v1/items"), "", bearer("tester")...); hit.Header.Get("Cache-Status") != "restgate; hit" || hit.Header.Get("Age") == "" {
+			t.Fatalf("second GET: Cache-Status %q", hit.Header.Get("Cache-Status"))
+		}
+		if r := Do(t, c, "POST", g.URL("/v1/items"), `"x"`, bearer("bob")...); r.StatusCode != 201 {
+			t.Fatalf("POST: %d", r.StatusCode)
+		}
+		after := Do(t, c, "GET", g.URL("/v1/items"), "", bearer("tester")...)
+		if string(after.Body) == string(first.Body) || !strings.Contains(string(after.Body), "x") {
+			t.Errorf("listing after another user's POST: %s (was %s)", after.Body, first.Body)
+		}
+	})
+}
+
+func TestETagWithResourcesBackend(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+	auth := bearer("tester")
+	if r := Do(t, c, "POST", g.URL("/v1/events"), `{"name": "counter", "meta": {"n": 0}}`, auth...); r.StatusCode != 201 {
+		t.Fatalf("create: %d %s", r.StatusCode, r.Body)
+	}
+	url := g.URL("/v1/events/counter")
+	r := Do(t, c, "GET", url, "", auth...)
+	etag := r.Header.Get("ETag")
+	if nm := Do(t, c, "GET", url, "", append(auth, "If-None-Match", etag)...); nm.StatusCode != 304 {
+		t.Errorf("If-None-Match: %d", nm.StatusCode)
+	}
+	AssertProblem(t, Do(t, c, "PATCH", url, `{"repository": "x"}`, append(auth, "If-Match", `"stale"`)...), 412)
+
+	// lost updates, decided by the backend inside its transaction
+	const clients, each = 10, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for done := 0; done < each; {
+				g, err := Send(c, "GET", url, "", auth...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				var v struct{ Meta struct{ N int } }
+				_ = json.Unmarshal(g.Body, &v)
+				p, err := Send(c, "PATCH", url, fmt.Sprintf(`{"meta": {"n": %d}}`, v.Meta.N+1), append(auth, "If-Match", g.Header.Get("ETag"))...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if p.StatusCode == 200 {
+					done++
+				} else if p.StatusCode != 412 {
+					errs <- fmt.Errorf("PATCH: %d %s", p.StatusCode, p.Body)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var v struct{ Meta struct{ N int } }
+	_ = json.Unmarshal(Do(t, c, "GET", url, "", auth...).Body, &v)
+	if v.Meta.N != clients*each {
+		t.Errorf("n = %d after %d acknowledged increments", v.Meta.N, clients*each)
+	}
+}
