@@ -14,7 +14,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 TEST_LOG  := .test.log
 export RESTGATE_DATA ?= $(CURDIR)/data
 
-.PHONY: build run test unit integration lint fmt xcaddy xcaddy-check clean
+.PHONY: build run test lint fmt bench xcaddy xcaddy-check clean
 
 build: ## bin/restgate: Caddy's standard modules plus restgate's
 	$(GO) build -o $(BIN) ./cmd/restgate
@@ -28,6 +28,9 @@ run: build ## serve the default Caddyfile in the foreground
 test: build ## every unit, golden-adapt and integration test; a skipped test fails the run
 	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true
 	@scripts/test-summary.sh $(TEST_LOG)
+
+bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~15 min)
+	$(GO) run ./bench -bin $(BIN) -out BENCHMARKS.md
 
 lint: ## gofmt, go vet, and staticcheck when it is installed
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi

@@ -197,7 +197,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		etag = strongETag(body)
 		hdr["Etag"] = []string{etag}
 	}
-	lastMod, _ := http.ParseTime(hdr.Get("Last-Modified"))
+	lastMod := parseHTTPTime(hdr["Last-Modified"])
 	if h.store != nil {
 		status := cacheStatusMiss
 		if reqCC.has("no-store") {
@@ -440,9 +440,22 @@ func (h *Handler) refresh(e *entry, hdr http.Header) {
 	*e = cp
 }
 
+// parseHTTPTime reads a date header's first value; zero if absent or invalid.
+func parseHTTPTime(v []string) time.Time {
+	if len(v) == 0 || v[0] == "" {
+		return time.Time{}
+	}
+	t, _ := http.ParseTime(v[0])
+	return t
+}
+
 // markPrivate keeps browsers and CDNs downstream from sharing a response
 // to an authenticated request, unless the backend declared it public.
 func markPrivate(hdr http.Header) {
+	if len(hdr["Cache-Control"]) == 0 {
+		hdr["Cache-Control"] = privateCC
+		return
+	}
 	cc := strings.Join(hdr["Cache-Control"], ", ")
 	lc := strings.ToLower(cc)
 	if strings.Contains(lc, "public") || strings.Contains(lc, "private") || strings.Contains(lc, "no-store") {
@@ -563,7 +576,7 @@ func (h *Handler) probe(r *http.Request, next caddyhttp.Handler) probeResult {
 	} else if pw.overflow {
 		res.err = fmt.Errorf("representation larger than max_body")
 	}
-	res.lastModified, _ = http.ParseTime(pw.header.Get("Last-Modified"))
+	res.lastModified = parseHTTPTime(pw.header["Last-Modified"])
 	return res
 }
 

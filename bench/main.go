@@ -1,0 +1,682 @@
+// Command bench measures what restgate costs per request, side by side with
+// bare Caddy and nginx on the same machine in one run, and writes a
+// Markdown report (BENCHMARKS.md):
+//
+//  1. Go microbenchmarks of every module's hot path, summarised by benchstat;
+//  2. end to end over loopback with wrk, every configuration against the
+//     same 1 KiB JSON backend, interleaved over several rounds: median
+//     requests/s, p50 and p99 latency, and the ratio to bare Caddy;
+//  3. the gateway's RSS after floods of distinct invalid API keys and of
+//     distinct client IPs.
+//
+// Servers are pinned to CPU 0 and wrk to CPU 1 where the machine has two.
+// All traffic stays on 127.0.0.1 and every run is bounded in time.
+//
+//	go run ./bench [-smoke] [-rounds 5] [-duration 10s] [-out BENCHMARKS.md]
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+type options struct {
+	bin      string
+	out      string
+	rounds   int
+	duration time.Duration
+	conns    int
+	attack   int
+	micro    bool
+	count    int
+	smoke    bool
+}
+
+func main() {
+	var o options
+	backendAddr := flag.String("serve-backend", "", "internal: serve the 1 KiB JSON backend on this address")
+	attackURL := flag.String("attack-client", "", "internal: send -attack requests to this URL, each with a distinct -attack-mode value")
+	attackMode := flag.String("attack-mode", "keys", "internal: keys (distinct X-API-Key) or ips (distinct X-Forwarded-For)")
+	flag.StringVar(&o.bin, "bin", "bin/restgate", "the restgate binary")
+	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "where to write the report")
+	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds of every configuration")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "wrk duration per configuration and round")
+	flag.IntVar(&o.conns, "conns", 64, "wrk connections")
+	flag.IntVar(&o.attack, "attack", 1_000_000, "requests per memory attack")
+	flag.BoolVar(&o.micro, "micro", true, "run the Go microbenchmarks")
+	flag.IntVar(&o.count, "count", 5, "go test -count for the microbenchmarks")
+	flag.BoolVar(&o.smoke, "smoke", false, "one short round of everything: proves the bench still works")
+	flag.Parse()
+	if *backendAddr != "" {
+		serveBackend(*backendAddr)
+		return
+	}
+	if *attackURL != "" {
+		if err := attackClient(*attackURL, *attackMode, o.attack, o.conns); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if o.smoke {
+		o.rounds, o.duration, o.attack, o.count = 1, time.Second, 20_000, 1
+	}
+	log.SetFlags(0)
+	log.SetPrefix("bench: ")
+	if err := run(o); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// doc is the backend's fixed 1 KiB JSON document.
+var doc = func() []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"name":"GW150914","pipeline":"bilby","status":"ready","meta":{"padding":"`)
+	for b.Len() < 1024-3 {
+		b.WriteByte('x')
+	}
+	b.WriteString(`"}}`)
+	return b.Bytes()
+}()
+
+// serveBackend is the small JSON service every configuration proxies to:
+// /doc has no caching headers; /cached may be cached for an hour.
+func serveBackend(addr string) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/doc", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(doc)
+	})
+	mux.HandleFunc("/cached", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "max-age=3600")
+		w.Write(doc)
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.Fatal(srv.ListenAndServe())
+}
+
+// upstreamPool sizes Caddy's idle upstream connections like nginx's
+// `keepalive 64` (Caddy's default is 32 per host, fewer than wrk's 64
+// connections, which would make both Caddy rows measure connection churn).
+const upstreamPool = "transport http {\n\t\t\tkeepalive_idle_conns_per_host 128\n\t\t}"
+
+// config is one end-to-end configuration.
+type config struct {
+	name   string
+	url    string
+	header string // sent by wrk on every request
+	note   string
+	conns  int // wrk connections; 0 means -conns
+}
+
+type sample struct {
+	rps      float64
+	p50, p99 time.Duration
+}
+
+func run(o options) error {
+	for _, tool := range []string{"wrk", "nginx"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (apt-get install wrk nginx-light): %v", tool, err)
+		}
+	}
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "restgate-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	ports, err := freePorts(10)
+	if err != nil {
+		return err
+	}
+	pBackend, pCaddy, pCaddyTLS, pMiss, pHit, pMissTLS, pNginxMiss, pNginxHit, pAdminCaddy, pAdminRG := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9]
+	const keyCount = 10_000
+	key := "rg_bench_key_0"
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	procs := []*exec.Cmd{}
+	start := func(name string, args ...string) (*exec.Cmd, error) {
+		cmd := pinned(ctx, 0, name, args...)
+		logf, _ := os.Create(filepath.Join(dir, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("starting %s: %v", name, err)
+		}
+		procs = append(procs, cmd)
+		return cmd, nil
+	}
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}()
+
+	if _, err := start(self, "-serve-backend", fmt.Sprintf("127.0.0.1:%d", pBackend)); err != nil {
+		return err
+	}
+	// bare Caddy: the same binary, no restgate directive
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	skip_install_trust
+	storage file_system %s/caddy-bare
+	auto_https disable_redirects
+}
+http://127.0.0.1:%d {
+	reverse_proxy 127.0.0.1:%d {
+		%s
+	}
+}
+https://127.0.0.1:%d {
+	tls internal
+	reverse_proxy 127.0.0.1:%d {
+		%s
+	}
+}
+`, pAdminCaddy, dir, pCaddy, pBackend, upstreamPool, pCaddyTLS, pBackend, upstreamPool)
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.bare"), []byte(caddyfile), 0o600); err != nil {
+		return err
+	}
+	if _, err := start(bin, "run", "--config", filepath.Join(dir, "Caddyfile.bare"), "--adapter", "caddyfile"); err != nil {
+		return err
+	}
+	// restgate: the full chain, 10,000 keys, limits that never refuse
+	var keys strings.Builder
+	keys.WriteString("keys:\n")
+	for i := 0; i < keyCount; i++ {
+		sum := sha256.Sum256([]byte("rg_bench_key_" + strconv.Itoa(i)))
+		fmt.Fprintf(&keys, "  - user: user%d\n    sha256: %s\n    scopes: [read, write]\n", i, hex.EncodeToString(sum[:]))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte(keys.String()), 0o600); err != nil {
+		return err
+	}
+	chain := func(etag string) string {
+		return fmt.Sprintf(`	api_errors
+	api_rate_limit_ip {
+		zone per-ip 1000000000/1s
+	}
+	api_auth {
+		keys_file %s/keys.yaml
+		no_env
+	}
+	api_rate_limit {
+		zone per-user 1000000000/1s
+	}
+	%s
+	reverse_proxy 127.0.0.1:%d {
+		%s
+	}
+`, dir, etag, pBackend, upstreamPool)
+	}
+	rgfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	skip_install_trust
+	storage file_system %s/caddy-rg
+	auto_https disable_redirects
+	servers {
+		trusted_proxies static 127.0.0.1/32
+		client_ip_headers X-Forwarded-For
+	}
+}
+http://127.0.0.1:%d {
+%s}
+http://127.0.0.1:%d {
+%s}
+https://127.0.0.1:%d {
+	tls internal
+%s}
+`, pAdminRG, dir, pMiss, chain("api_etag"), pHit, chain("api_etag {\n\t\tcache\n\t}"), pMissTLS, chain("api_etag"))
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.restgate"), []byte(rgfile), 0o600); err != nil {
+		return err
+	}
+	rg, err := start(bin, "run", "--config", filepath.Join(dir, "Caddyfile.restgate"), "--adapter", "caddyfile")
+	if err != nil {
+		return err
+	}
+	// nginx: the closest equivalent
+	nginxConf, err := writeNginx(dir, keyCount, pBackend, pNginxMiss, pNginxHit)
+	if err != nil {
+		return err
+	}
+	if _, err := start("nginx", "-c", nginxConf, "-p", dir); err != nil {
+		return err
+	}
+
+	configs := []config{
+		{"backend (ceiling)", fmt.Sprintf("http://127.0.0.1:%d/doc", pBackend), "", "wrk → backend", 0},
+		{"caddy reverse_proxy", fmt.Sprintf("http://127.0.0.1:%d/doc", pCaddy), "", "the baseline", 0},
+		{"restgate, cache miss", fmt.Sprintf("http://127.0.0.1:%d/doc", pMiss), "X-API-Key: " + key, "errors, both limits, auth (10k keys), etag, proxy", 0},
+		{"restgate, cache hit", fmt.Sprintf("http://127.0.0.1:%d/cached", pHit), "X-API-Key: " + key, "the same chain, etag with cache", 0},
+		{"nginx, miss", fmt.Sprintf("http://127.0.0.1:%d/doc", pNginxMiss), "X-API-Key: " + key, "map on the key header, limit_req ×2, proxy_pass", 0},
+		{"nginx, hit", fmt.Sprintf("http://127.0.0.1:%d/cached", pNginxHit), "X-API-Key: " + key, "the same, proxy_cache", 0},
+		{"caddy reverse_proxy, HTTPS", fmt.Sprintf("https://127.0.0.1:%d/doc", pCaddyTLS), "", "TLS 1.3, keep-alive", 0},
+		{"restgate, cache miss, HTTPS", fmt.Sprintf("https://127.0.0.1:%d/doc", pMissTLS), "X-API-Key: " + key, "TLS 1.3, keep-alive", 0},
+		// at saturation, latency is queueing (connections / throughput); one
+		// connection shows what a request really waits for
+		{"caddy reverse_proxy, 1 connection", fmt.Sprintf("http://127.0.0.1:%d/doc", pCaddy), "", "light load: latency without queueing", 1},
+		{"restgate, cache miss, 1 connection", fmt.Sprintf("http://127.0.0.1:%d/doc", pMiss), "X-API-Key: " + key, "light load: latency without queueing", 1},
+	}
+	for _, c := range configs {
+		if err := waitReady(c, 60*time.Second); err != nil {
+			return fmt.Errorf("%s: %v (logs in %s)", c.name, err, dir)
+		}
+	}
+	log.Printf("all servers ready; %d rounds × %d configurations × %v", o.rounds, len(configs), o.duration)
+
+	// warm up (fills connection pools and the caches), then interleave
+	for _, c := range configs {
+		if _, err := runWrk(c, connsFor(c, o), min(o.duration, 2*time.Second)); err != nil {
+			return fmt.Errorf("warm-up %s: %v", c.name, err)
+		}
+	}
+	samples := make([][]sample, len(configs))
+	for round := 0; round < o.rounds; round++ {
+		for i, c := range configs {
+			s, err := runWrk(c, connsFor(c, o), o.duration)
+			if err != nil {
+				return fmt.Errorf("round %d, %s: %v", round+1, c.name, err)
+			}
+			samples[i] = append(samples[i], s)
+			log.Printf("round %d %-28s %9.0f req/s  p50 %-8v p99 %v", round+1, c.name, s.rps, s.p50, s.p99)
+		}
+	}
+
+	// memory under attack
+	attacks, err := runAttacks(o, rg.Process.Pid, fmt.Sprintf("http://127.0.0.1:%d/doc", pMiss), dir)
+	if err != nil {
+		return err
+	}
+
+	var micro string
+	if o.micro {
+		if micro, err = runMicro(o); err != nil {
+			return err
+		}
+	}
+	report := render(o, configs, samples, attacks, micro, keyCount)
+	if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
+		return err
+	}
+	log.Printf("wrote %s", o.out)
+	return nil
+}
+
+func connsFor(c config, o options) int {
+	if c.conns > 0 {
+		return c.conns
+	}
+	return o.conns
+}
+
+// pinned runs a command on one CPU when the machine has two or more and
+// taskset is there; otherwise unpinned.
+func pinned(ctx context.Context, cpu int, name string, args ...string) *exec.Cmd {
+	if runtime.NumCPU() >= 2 {
+		if ts, err := exec.LookPath("taskset"); err == nil {
+			return exec.CommandContext(ctx, ts, append([]string{"-c", strconv.Itoa(cpu), name}, args...)...)
+		}
+	}
+	return exec.CommandContext(ctx, name, args...)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func waitReady(c config, timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the bench's own loopback servers
+	}}
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequest("GET", c.url, nil)
+		if k, v, ok := strings.Cut(c.header, ": "); ok {
+			req.Header.Set(k, v)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("not ready: %s", last)
+}
+
+var (
+	reRPS     = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reLatency = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	reErrors  = regexp.MustCompile(`Socket errors: .*`)
+)
+
+// runWrk runs wrk on CPU 1 and parses its report. Any non-2xx response
+// makes the sample invalid: a gateway that refuses fast is not fast.
+func runWrk(c config, conns int, d time.Duration) (sample, error) {
+	args := []string{"-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(max(1, int(d.Round(time.Second).Seconds()))) + "s", "--latency", "--timeout", "5s"}
+	if c.header != "" {
+		args = append(args, "-H", c.header)
+	}
+	args = append(args, c.url)
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	out, err := pinned(ctx, 1, "wrk", args...).CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	s := string(out)
+	if m := reNon2xx.FindStringSubmatch(s); m != nil {
+		return sample{}, fmt.Errorf("%s non-2xx responses:\n%s", m[1], s)
+	}
+	if m := reErrors.FindString(s); m != "" && !strings.Contains(m, "connect 0, read 0, write 0, timeout 0") {
+		return sample{}, fmt.Errorf("wrk %s\n%s", m, s)
+	}
+	m := reRPS.FindStringSubmatch(s)
+	if m == nil {
+		return sample{}, fmt.Errorf("no Requests/sec in:\n%s", s)
+	}
+	var res sample
+	res.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, l := range reLatency.FindAllStringSubmatch(s, -1) {
+		v, _ := strconv.ParseFloat(l[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[l[3]]
+		d := time.Duration(v * float64(unit))
+		if l[1] == "50" {
+			res.p50 = d
+		} else {
+			res.p99 = d
+		}
+	}
+	return res, nil
+}
+
+// attack is one memory measurement.
+type attack struct {
+	name             string
+	requests         int
+	rssBefore, after int64
+	note             string
+}
+
+// runAttacks floods the gateway with distinct invalid keys, then with
+// distinct client IPs (X-Forwarded-For from a trusted proxy), from a client
+// pinned to CPU 1, and reads the gateway's RSS before and after each.
+func runAttacks(o options, pid int, url, dir string) ([]attack, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var out []attack
+	for _, a := range []struct{ name, mode string }{
+		{"distinct invalid API keys", "keys"},
+		{"distinct client IPs (X-Forwarded-For, trusted proxy)", "ips"},
+	} {
+		before := rss(pid)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		res, err := pinned(ctx, 1, self, "-attack-client", url, "-attack-mode", a.mode,
+			"-attack", strconv.Itoa(o.attack), "-conns", strconv.Itoa(o.conns)).CombinedOutput()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("attack %q: %v\n%s", a.name, err, res)
+		}
+		time.Sleep(time.Second) // let the last responses settle before reading RSS
+		after := rss(pid)
+		out = append(out, attack{name: a.name, requests: o.attack, rssBefore: before, after: after})
+		log.Printf("attack %-55s %d requests, RSS %d → %d MiB", a.name, o.attack, before>>20, after>>20)
+	}
+	return out, nil
+}
+
+// attackClient sends n requests, each with a distinct invalid API key or a
+// distinct client address, over conns keep-alive connections. Every
+// response must be a 401 (the invalid key, or no key): anything else means
+// the attack did not exercise what it claims to.
+func attackClient(url, mode string, n, conns int) error {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var next atomic.Int64
+	errs := make(chan error, conns)
+	var wg sync.WaitGroup
+	for c := 0; c < conns; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(n) {
+					return
+				}
+				req, _ := http.NewRequest("GET", url, nil)
+				if mode == "keys" {
+					req.Header.Set("X-API-Key", "rg_invalid_"+strconv.FormatInt(i, 10))
+				} else {
+					req.Header.Set("X-Forwarded-For", fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255))
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					errs <- fmt.Errorf("request %d: status %d, want 401", i, resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// rss reads a process's resident set size, in bytes.
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// runMicro runs the Go microbenchmarks and summarises them with benchstat.
+func runMicro(o options) (string, error) {
+	args := []string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", strconv.Itoa(o.count)}
+	if o.smoke {
+		args = append(args, "-benchtime", "100x")
+	}
+	args = append(args, "./modules/...", "./backends/...", "./internal/...")
+	log.Printf("go %s", strings.Join(args, " "))
+	raw, err := exec.Command("go", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("microbenchmarks: %v\n%s", err, raw)
+	}
+	f, err := os.CreateTemp("", "micro-*.txt")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	f.Write(raw)
+	f.Close()
+	stat, err := exec.Command("go", "tool", "-modfile=tools/go.mod", "benchstat", f.Name()).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("benchstat: %v\n%s", err, stat)
+	}
+	return string(stat), nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func render(o options, configs []config, samples [][]sample, attacks []attack, micro string, keyCount int) string {
+	var b strings.Builder
+	host, _ := os.Hostname()
+	cpu := "unknown CPU"
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		if m := regexp.MustCompile(`model name\s*:\s*(.*)`).FindSubmatch(info); m != nil {
+			cpu = string(m[1])
+		}
+	}
+	kernel, _ := exec.Command("uname", "-r").Output()
+	wrkVer, _ := exec.Command("wrk", "-v").CombinedOutput()
+	nginxVer, _ := exec.Command("nginx", "-v").CombinedOutput()
+	fmt.Fprintf(&b, "# restgate benchmarks\n\n")
+	if o.smoke {
+		fmt.Fprintf(&b, "**Smoke run** (one short round): these numbers prove the bench works, nothing more.\n\n")
+	}
+	fmt.Fprintf(&b, "- Date: %s\n- Machine: %s, %d CPUs (%s), Linux %s, %s\n- wrk: %s\n- nginx: %s\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)),
+		runtime.Version(), firstLine(wrkVer), strings.TrimSpace(strings.TrimPrefix(firstLine(nginxVer), "nginx version: ")))
+	fmt.Fprintf(&b, "- Command: `go run ./bench -rounds %d -duration %v -conns %d -attack %d` (`make bench`)\n", o.rounds, o.duration, o.conns, o.attack)
+	fmt.Fprintf(&b, "- Load: `wrk -t1 -c%d -d%v --latency [-H 'X-API-Key: …'] URL`, pinned to CPU 1 (`taskset -c 1`); every server pinned to CPU 0. Configurations run in turn, A/B/C/…, for %d rounds after a warm-up; a sample with any non-2xx response is an error.\n", o.conns, o.duration, o.rounds)
+	fmt.Fprintf(&b, "- Both Caddy configurations keep up to 128 idle upstream connections (`keepalive_idle_conns_per_host 128`), as nginx keeps 64 (`keepalive 64`); Caddy's default of 32 is below wrk's 64 connections.\n- Backend: a Go net/http server answering a fixed 1 KiB JSON document (`/doc`; `/cached` adds `Cache-Control: max-age=3600`).\n")
+	fmt.Fprintf(&b, "- restgate's full chain: `api_errors`, `api_rate_limit_ip` and `api_rate_limit` (limits that never refuse), `api_auth` with %d keys, `api_etag` (with `cache` for the hit rows), `reverse_proxy`. Access logs off everywhere.\n\n", keyCount)
+
+	caddyIdx := 1
+	base := median(rpsOf(samples[caddyIdx]))
+	baseP99 := median(p99Of(samples[caddyIdx]))
+	fmt.Fprintf(&b, "## End to end\n\nAt %d connections unless the row says otherwise.\n\n| configuration | median req/s | spread (min–max) | p50 | p99 | vs caddy proxy |\n|---|---:|---:|---:|---:|---:|\n", o.conns)
+	for i, c := range configs {
+		r := rpsOf(samples[i])
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f–%.0f | %v | %v | %.2f |\n", c.name, median(r), slices.Min(r), slices.Max(r),
+			time.Duration(median(p50Of(samples[i]))).Round(time.Microsecond), time.Duration(median(p99Of(samples[i]))).Round(time.Microsecond), median(r)/base)
+	}
+	fmt.Fprintf(&b, "\nWhat each row runs: ")
+	for i, c := range configs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "*%s*: %s", c.name, c.note)
+	}
+	b.WriteString(".\n\n")
+
+	miss := median(rpsOf(samples[2])) / base
+	hit := median(rpsOf(samples[3])) / base
+	addedP99 := time.Duration(median(p99Of(samples[9])) - median(p99Of(samples[8])))
+	addedP99Saturated := time.Duration(median(p99Of(samples[2])) - baseP99)
+	check := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	fmt.Fprintf(&b, "## Targets\n\n| target | measured | |\n|---|---:|---|\n")
+	fmt.Fprintf(&b, "| full chain, cache miss / caddy proxy ≥ 0.90 req/s | %.2f | %s |\n", miss, check(miss >= 0.90))
+	fmt.Fprintf(&b, "| full chain, cache miss: added p99 ≤ 1 ms (1 connection) | %v | %s |\n", addedP99.Round(time.Microsecond), check(addedP99 <= time.Millisecond))
+	fmt.Fprintf(&b, "| (the same at %d connections, where it is queueing: connections ÷ throughput) | %v | |\n", o.conns, addedP99Saturated.Round(time.Microsecond))
+	fmt.Fprintf(&b, "| full chain, cache hit / caddy proxy ≥ 2.0 | %.2f | %s |\n", hit, check(hit >= 2.0))
+	const perKey = 256 // bytes a remembered key may cost, from the Go benchmark of 1M keys
+	bound := int64(100_000*perKey) + 64<<20
+	for _, a := range attacks {
+		growth := a.after - a.rssBefore
+		fmt.Fprintf(&b, "| RSS growth under %s ≤ max_keys × %d B + 64 MiB (%d MiB) | %d MiB | %s |\n", a.name, perKey, bound>>20, growth>>20, check(growth <= bound))
+	}
+	fmt.Fprintf(&b, "\n## Memory under attack\n\n| attack | requests | RSS before | RSS after |\n|---|---:|---:|---:|\n")
+	for _, a := range attacks {
+		fmt.Fprintf(&b, "| %s | %d | %d MiB | %d MiB |\n", a.name, a.requests, a.rssBefore>>20, a.after>>20)
+	}
+	b.WriteString("\nThe per-IP zone keeps at most `max_keys` (100,000) buckets; invalid keys are hashed and refused without being remembered.\n")
+	if micro != "" {
+		fmt.Fprintf(&b, "\n## Go microbenchmarks\n\n`go test -run '^$' -bench . -benchmem -count %d ./modules/... ./backends/... ./internal/...`, summarised by `benchstat` (pinned in tools/go.mod):\n\n```\n%s```\n", o.count, micro)
+	}
+	return b.String()
+}
+
+func rpsOf(s []sample) []float64 {
+	out := make([]float64, len(s))
+	for i, x := range s {
+		out[i] = x.rps
+	}
+	return out
+}
+
+func p50Of(s []sample) []float64 {
+	out := make([]float64, len(s))
+	for i, x := range s {
+		out[i] = float64(x.p50)
+	}
+	return out
+}
+
+func p99Of(s []sample) []float64 {
+	out := make([]float64, len(s))
+	for i, x := range s {
+		out[i] = float64(x.p99)
+	}
+	return out
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
