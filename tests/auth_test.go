@@ -82,16 +82,7 @@ func TestAuthThroughGateway(t *testing.T) {
 
 // TestIdentityReachesBackend uses a backend that echoes the headers it got.
 func TestIdentityReachesBackend(t *testing.T) {
-	const cfg = `{
-	admin {$RESTGATE_ADMIN}
-	persist_config off
-	skip_install_trust
-	storage file_system {$RESTGATE_DATA}/caddy
-	http_port {$RESTGATE_HTTP_PORT}
-	https_port {$RESTGATE_HTTPS_PORT}
-	default_bind 127.0.0.1
-}
-https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	cfg := testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	tls internal
 	api_errors
 	api_auth {

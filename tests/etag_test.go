@@ -80,16 +80,7 @@ func (b *plainBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-const etagConfig = `{
-	admin {$RESTGATE_ADMIN}
-	persist_config off
-	skip_install_trust
-	storage file_system {$RESTGATE_DATA}/caddy
-	http_port {$RESTGATE_HTTP_PORT}
-	https_port {$RESTGATE_HTTPS_PORT}
-	default_bind 127.0.0.1
-}
-https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+var etagConfig = testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	tls internal
 	api_errors
 	api_auth {

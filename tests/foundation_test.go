@@ -161,16 +161,7 @@ func TestCommands(t *testing.T) {
 }
 
 func TestReload(t *testing.T) {
-	const before = `{
-	admin {$RESTGATE_ADMIN}
-	persist_config off
-	skip_install_trust
-	storage file_system {$RESTGATE_DATA}/caddy
-	http_port {$RESTGATE_HTTP_PORT}
-	https_port {$RESTGATE_HTTPS_PORT}
-	default_bind 127.0.0.1
-}
-https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	before := testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	tls internal
 	api_errors
 	respond "one" 200

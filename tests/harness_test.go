@@ -350,6 +350,23 @@ func AssertProblem(t testing.TB, r *Response, status int) map[string]any {
 	return m
 }
 
+// testGlobals is the global options block of every test Caddyfile: admin,
+// ports, storage and data from the harness's environment, loopback only,
+// with extra options inside it.
+func testGlobals(extra string) string {
+	return `{
+	admin {$RESTGATE_ADMIN}
+	persist_config off
+	skip_install_trust
+	storage file_system {$RESTGATE_DATA}/caddy
+	http_port {$RESTGATE_HTTP_PORT}
+	https_port {$RESTGATE_HTTPS_PORT}
+	default_bind 127.0.0.1
+	` + extra + `
+}
+`
+}
+
 // testKeys are the API keys every test gateway knows: the harness writes
 // their hashes to $RESTGATE_DATA/api-keys.yaml (the default Caddyfile's key
 // file) unless the data directory already has one.

@@ -58,17 +58,9 @@ func TestRateLimitThroughGateway(t *testing.T) {
 	}
 }
 
-const limitConfig = `{
-	admin {$RESTGATE_ADMIN}
-	persist_config off
-	skip_install_trust
-	storage file_system {$RESTGATE_DATA}/caddy
-	http_port {$RESTGATE_HTTP_PORT}
-	https_port {$RESTGATE_HTTPS_PORT}
-	default_bind 127.0.0.1
-	%s
-}
-https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+// limitConfig takes the extra global options, the zone's rate and the response.
+func limitConfig(globals, rate, body string) string {
+	return testGlobals(globals) + fmt.Sprintf(`https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	tls internal
 	api_errors
 	api_rate_limit_ip {
@@ -76,10 +68,11 @@ https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	}
 	respond "%s"
 }
-`
+`, rate, body)
+}
 
 func TestRetryAfterIsHonoured(t *testing.T) {
-	g := StartGateway(t, fmt.Sprintf(limitConfig, "", "1/1s", "ok"), Options{})
+	g := StartGateway(t, limitConfig("", "1/1s", "ok"), Options{})
 	c := g.Client()
 	if r := Do(t, c, "GET", g.URL("/"), ""); r.StatusCode != 200 {
 		t.Fatalf("first: %d", r.StatusCode)
@@ -99,13 +92,13 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 }
 
 func TestRateLimitStateSurvivesReload(t *testing.T) {
-	g := StartGateway(t, fmt.Sprintf(limitConfig, "", "2/1h", "one"), Options{})
+	g := StartGateway(t, limitConfig("", "2/1h", "one"), Options{})
 	c := g.Client()
 	for i := 0; i < 2; i++ {
 		Do(t, c, "GET", g.URL("/"), "")
 	}
 	AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 429)
-	if err := writeFile(g.Config, fmt.Sprintf(limitConfig, "", "3/1h", "two")); err != nil {
+	if err := writeFile(g.Config, limitConfig("", "3/1h", "two")); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))
@@ -126,8 +119,8 @@ func TestRateLimitStateSurvivesReload(t *testing.T) {
 }
 
 func TestTrustedProxies(t *testing.T) {
-	trusted := StartGateway(t, fmt.Sprintf(limitConfig, "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}", "1/1h", "ok"), Options{})
-	untrusted := StartGateway(t, fmt.Sprintf(limitConfig, "", "1/1h", "ok"), Options{})
+	trusted := StartGateway(t, limitConfig("servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}", "1/1h", "ok"), Options{})
+	untrusted := StartGateway(t, limitConfig("", "1/1h", "ok"), Options{})
 	status := func(g *Gateway, xff string) int {
 		return Do(t, g.Client(), "GET", g.URL("/"), "", "X-Forwarded-For", xff).StatusCode
 	}
