@@ -32,10 +32,10 @@ test: build ## every unit, golden-adapt and integration test; a skipped test fai
 bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~15 min)
 	$(GO) run ./bench -bin $(BIN) -out BENCHMARKS.md
 
-lint: ## gofmt, go vet, and staticcheck when it is installed
+lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
-	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: skipped"; fi
+	$(TOOL) staticcheck ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -450,7 +450,6 @@ type attack struct {
 	name             string
 	requests         int
 	rssBefore, after int64
-	note             string
 }
 
 // runAttacks floods the gateway with distinct invalid keys, then with
