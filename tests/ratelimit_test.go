@@ -72,7 +72,9 @@ func limitConfig(globals, rate, body string) string {
 }
 
 func TestRetryAfterIsHonoured(t *testing.T) {
-	g := StartGateway(t, limitConfig("", "1/1s", "ok"), Options{})
+	// one request per 2 s: the second request must come within 2 s of the
+	// first to be refused, which a loaded machine still manages
+	g := StartGateway(t, limitConfig("", "1/2s", "ok"), Options{})
 	c := g.Client()
 	if r := Do(t, c, "GET", g.URL("/"), ""); r.StatusCode != 200 {
 		t.Fatalf("first: %d", r.StatusCode)
@@ -82,8 +84,8 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		t.Fatalf("second: %d", r.StatusCode)
 	}
 	ra, _ := strconv.Atoi(r.Header.Get("Retry-After"))
-	if ra != 1 {
-		t.Fatalf("Retry-After = %q, want 1", r.Header.Get("Retry-After"))
+	if ra < 1 || ra > 2 {
+		t.Fatalf("Retry-After = %q, want 1 or 2", r.Header.Get("Retry-After"))
 	}
 	time.Sleep(time.Duration(ra) * time.Second) // what a well-behaved client does
 	if r := Do(t, c, "GET", g.URL("/"), ""); r.StatusCode != 200 {
