@@ -28,7 +28,9 @@ const DefaultMaxErrorBody = 64 << 10
 // shape. Only error responses are buffered, up to MaxErrorBody; 1xx, 2xx and
 // 3xx responses stream through untouched.
 //
-// Inside `handle_errors` it renders the error that Caddy is handling.
+// Inside `handle_errors` it renders the error that Caddy is handling. A
+// request that nothing inside it answered (Caddy's empty 200 when no route
+// matches) gets a 404 problem.
 //
 // Every response carries an `X-Request-Id` header (a sane client-sent one is
 // kept), which also goes upstream and into every problem as `request_id`.
@@ -116,6 +118,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		p := FromError(err)
 		h.logError(r, p.Status, err)
 		h.write(w, r, p)
+	case !ew.wroteHeader:
+		// nothing answered: Caddy's "no route matched" is an empty 200,
+		// which an API must never send
+		h.write(w, r, New(http.StatusNotFound, "no route serves this path"))
 	case ew.buffering:
 		p := h.fromBackend(r, ew.status, w.Header(), ew.buf.Bytes(), ew.overflow)
 		if p.Status >= 500 {

@@ -292,6 +292,25 @@ func TestHeadErrorHasNoBody(t *testing.T) {
 	}
 }
 
+func TestNothingAnsweredIsA404(t *testing.T) {
+	h := newHandler(t, &Handler{})
+	w := httptest.NewRecorder()
+	nothing := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	if err := h.ServeHTTP(w, newRequest("GET", "/v1/unrouted"), nothing); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 404 || !strings.Contains(w.Body.String(), `"code":"not_found"`) {
+		t.Errorf("got %d %s", w.Code, w.Body)
+	}
+	// an explicit empty answer is still an answer
+	w = httptest.NewRecorder()
+	empty := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error { w.WriteHeader(204); return nil })
+	_ = h.ServeHTTP(w, newRequest("DELETE", "/v1/x"), empty)
+	if w.Code != 204 || w.Body.Len() != 0 {
+		t.Errorf("204 became %d %s", w.Code, w.Body)
+	}
+}
+
 func TestInsideHandleErrors(t *testing.T) {
 	h := newHandler(t, &Handler{})
 	r := newRequest("GET", "/nowhere")
