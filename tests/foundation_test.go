@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -172,7 +173,7 @@ func TestReload(t *testing.T) {
 	if r := Do(t, c, "GET", g.URL("/"), ""); string(r.Body) != "one" {
 		t.Fatalf("before reload: %q", r.Body)
 	}
-	if err := writeFile(g.Config, strings.Replace(before, `"one"`, `"two"`, 1)); err != nil {
+	if err := os.WriteFile(g.Config, []byte(strings.Replace(before, `"one"`, `"two"`, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))

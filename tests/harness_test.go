@@ -465,7 +465,3 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
-
-func writeFile(name, content string) error {
-	return os.WriteFile(name, []byte(content), 0o600)
-}

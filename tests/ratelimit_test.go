@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -100,7 +101,7 @@ func TestRateLimitStateSurvivesReload(t *testing.T) {
 		Do(t, c, "GET", g.URL("/"), "")
 	}
 	AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 429)
-	if err := writeFile(g.Config, limitConfig("", "3/1h", "two")); err != nil {
+	if err := os.WriteFile(g.Config, []byte(limitConfig("", "3/1h", "two")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "reload", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))

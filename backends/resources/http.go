@@ -530,8 +530,6 @@ func decodeJSON(b []byte, v any) error {
 	return dec.Decode(v)
 }
 
-func urlUnescape(s string) (string, error) { return url.PathUnescape(s) }
-
 func (c *Collection) sortableNames() []string {
 	names := make([]string, 0, len(c.sortable))
 	for n := range c.sortable {

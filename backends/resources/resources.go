@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -254,7 +255,7 @@ func (h *Handler) route(rest string) (target, *problem.Problem) {
 		return target{}, problem.New(http.StatusNotFound, "no resource at this path")
 	}
 	for i, s := range segs {
-		u, err := urlUnescape(s)
+		u, err := url.PathUnescape(s)
 		if err != nil || (i%2 == 1 && !validKey(u)) {
 			return target{}, problem.New(http.StatusNotFound, "no resource at this path")
 		}

@@ -51,8 +51,8 @@ func credential(h http.Header, keyHeader string) (token string, p presence, from
 }
 
 // wellFormed reports whether a token could be a key: 1 to 4096 visible
-// ASCII characters. A malformed token gets the same answer as an unknown
-// one; this only spares the lookup nothing (both are hashed).
+// ASCII characters. It is checked after the lookup, so that a malformed
+// token takes the same path and gets the same answer as an unknown one.
 func wellFormed(t string) bool {
 	if t == "" || len(t) > 4096 {
 		return false

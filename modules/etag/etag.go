@@ -57,10 +57,13 @@ type Handler struct {
 	// The shared cache; off unless set.
 	Cache *CacheConfig `json:"cache,omitempty"`
 
-	store  *store
-	locks  *keyedLocks
-	now    func() time.Time
-	logger *zap.Logger
+	store *store
+	locks *keyedLocks
+	// eligible[revalidating][authenticated], built once so that no read
+	// allocates a closure
+	eligible [2][2]func(int, http.Header) bool
+	now      func() time.Time
+	logger   *zap.Logger
 }
 
 // CacheConfig configures the in-memory shared cache.
@@ -107,6 +110,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.store = newStore(h.Cache.MaxSize)
 	}
 	h.locks = &keyedLocks{m: map[string]*lockEntry{}}
+	for _, reval := range []bool{false, true} {
+		for _, authed := range []bool{false, true} {
+			h.eligible[b2i(reval)][b2i(authed)] = h.eligibleRead(reval, authed)
+		}
+	}
 	return nil
 }
 
@@ -179,7 +187,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 		}
 	}
-	hw := getHoldWriter(w, h.MaxBody, h.eligibleRead(stale != nil, who.authenticated()))
+	hw := getHoldWriter(w, h.MaxBody, h.eligible[b2i(stale != nil)][b2i(who.authenticated())])
 	defer putHoldWriter(hw)
 	if err := next.ServeHTTP(hw, upstream); err != nil || !hw.held() {
 		return err
@@ -237,6 +245,13 @@ func (h *Handler) eligibleRead(revalidating, authed bool) func(int, http.Header)
 		}
 		return hold
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (h *Handler) holdable(status int, hdr http.Header, revalidating bool) bool {

@@ -499,3 +499,23 @@ func BenchmarkBare(b *testing.B) {
 		_ = next.ServeHTTP(w, r)
 	}
 }
+
+// BenchmarkGetMiss is a GET without cache: the backend's 1 KiB body is
+// held, hashed into an ETag and written.
+func BenchmarkGetMiss(b *testing.B) {
+	h, _ := newETag(b, "api_etag")
+	body := []byte(strings.Repeat("x", 1024))
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/json")
+		_, err := w.Write(body)
+		return err
+	})
+	r := httptest.NewRequest("GET", "/v1/e/1", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+	w := &discard{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		_ = h.ServeHTTP(w, r, next)
+	}
+}

@@ -82,22 +82,6 @@ func passProblem(body []byte, status int, requestID string) ([]byte, bool) {
 	return out, err == nil
 }
 
-// writeRaw sends a backend's own problem document.
-func writeRaw(w http.ResponseWriter, r *http.Request, p backendProblem) {
-	h := w.Header()
-	for _, k := range entityHeaders {
-		delete(h, k)
-	}
-	h.Set("Content-Type", MediaType)
-	if r.Method != http.MethodHead {
-		h.Set("Content-Length", strconv.Itoa(len(p.raw)))
-	}
-	w.WriteHeader(p.Status)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(p.raw)
-	}
-}
-
 // fillFromJSON takes the message, code and field errors from the shapes
 // that common frameworks produce:
 //

@@ -128,7 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.logBackend(r, ew.status, ew.buf.Bytes())
 		}
 		if p.raw != nil {
-			writeRaw(w, r, p)
+			writeBody(w, r, p.Status, p.raw)
 			return nil
 		}
 		h.write(w, r, p.Problem)

@@ -131,6 +131,12 @@ func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 		p.Extensions = nil
 		body, _ = json.Marshal(p)
 	}
+	writeBody(w, r, p.Status, body)
+}
+
+// writeBody sends a problem document as the response, keeping the headers
+// already set on w except those that describe another body.
+func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) {
 	h := w.Header()
 	for _, k := range entityHeaders {
 		delete(h, k)
@@ -141,7 +147,7 @@ func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 	if r.Method != http.MethodHead {
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	w.WriteHeader(p.Status)
+	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}
@@ -242,12 +248,12 @@ func FromError(err error) *Problem {
 		}
 		return &cp
 	}
+	if status < 400 { // an error must not leave as a success
+		status = http.StatusInternalServerError
+	}
 	q := New(status, "")
-	if status >= 500 || status < 400 {
-		if status < 400 { // an error must not leave as a success
-			q = New(http.StatusInternalServerError, "")
-		}
-		q.Detail = genericDetail(q.Status)
+	if status >= 500 {
+		q.Detail = genericDetail(status)
 		return q
 	}
 	if he.Err != nil && safeMessage(he.Err) {

@@ -108,7 +108,7 @@ func parseZone(d *caddyfile.Dispenser) (*Zone, error) {
 	}
 	z.Name = d.Val()
 	if d.NextArg() {
-		if err := parseRate(d, z); err != nil {
+		if err := parseRateValue(d, z, d.Val()); err != nil {
 			return nil, err
 		}
 	}
@@ -170,8 +170,6 @@ func parseZone(d *caddyfile.Dispenser) (*Zone, error) {
 	}
 	return z, nil
 }
-
-func parseRate(d *caddyfile.Dispenser, z *Zone) error { return parseRateValue(d, z, d.Val()) }
 
 // parseRateValue reads <events>/<window>, e.g. 100/1m, 10/s.
 func parseRateValue(d *caddyfile.Dispenser, z *Zone, v string) error {

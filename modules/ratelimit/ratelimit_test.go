@@ -379,9 +379,6 @@ func TestCaddyfileErrors(t *testing.T) {
 // TestMemoryBound: 1,000,000 distinct keys through a zone with max_keys
 // 100,000 keep the heap growth under 64 MB.
 func TestMemoryBound(t *testing.T) {
-	if testing.Short() {
-		t.Log("running anyway: this is the bound the README promises")
-	}
 	s, err := newMemStore(100_000)
 	if err != nil {
 		t.Fatal(err)
