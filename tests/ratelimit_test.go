@@ -136,3 +136,40 @@ func TestTrustedProxies(t *testing.T) {
 		t.Error("untrusted peer: a spoofed X-Forwarded-For got its own bucket")
 	}
 }
+
+// TestRefusedRequestsSpendNothing: a request refused by the per-user zone
+// gives its per-IP token back, however long it spent in between (through
+// the binary, in real time).
+func TestRefusedRequestsSpendNothing(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{Env: map[string]string{
+		"RESTGATE_RATE_PER_USER": "1/1h",
+		"RESTGATE_RATE_PER_IP":   "100/1h",
+	}})
+	c := g.Client()
+	perIP := func(r *Response) int64 {
+		t.Helper()
+		list, err := httpsfv.UnmarshalList(r.Header.Values("RateLimit"))
+		if err != nil {
+			t.Fatalf("RateLimit %q: %v", r.Header.Values("RateLimit"), err)
+		}
+		for _, m := range list {
+			if it := m.(httpsfv.Item); it.Value == "per-ip" {
+				rem, _ := it.Params.Get("r")
+				return rem.(int64)
+			}
+		}
+		t.Fatalf("no per-ip item in %q", r.Header.Values("RateLimit"))
+		return 0
+	}
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("alice")...); r.StatusCode != 200 || perIP(r) != 99 {
+		t.Fatalf("first request: %d, per-ip r=%d", r.StatusCode, perIP(r))
+	}
+	for range 3 {
+		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events"), "", bearer("alice")...), 429)
+	}
+	// bob's request takes one more per-IP token: 98 left if the three
+	// refused requests gave theirs back, 95 if they did not
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("bob")...); r.StatusCode != 200 || perIP(r) != 98 {
+		t.Errorf("after three refused requests: %d, per-ip r=%d, want 200 and 98", r.StatusCode, perIP(r))
+	}
+}

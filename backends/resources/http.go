@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/httpcond"
+	"github.com/restgate/restgate/internal/jsonptr"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -274,7 +275,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, t target, who ca
 		return h.fail(w, r, p)
 	}
 	if k, ok := in[c.Key]; ok && c.Key != defaultKey && k != t.key {
-		return h.fail(w, r, invalid([]problem.FieldError{{Pointer: "/" + escapePointer(c.Key), Detail: "must equal the key in the URL; a key cannot change"}}))
+		return h.fail(w, r, invalid([]problem.FieldError{{Pointer: "/" + jsonptr.Escape(c.Key), Detail: "must equal the key in the URL; a key cannot change"}}))
 	}
 	var d *Doc
 	err := h.store.Update(r.Context(), func(tx Tx) error {

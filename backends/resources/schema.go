@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/restgate/restgate/internal/jsonptr"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -219,7 +220,7 @@ func enumList(vals []any) string {
 func (c *Collection) validate(doc map[string]any, creating bool) []problem.FieldError {
 	var errs []problem.FieldError
 	add := func(name, detail string) {
-		errs = append(errs, problem.FieldError{Pointer: "/" + escapePointer(name), Detail: detail})
+		errs = append(errs, problem.FieldError{Pointer: "/" + jsonptr.Escape(name), Detail: detail})
 	}
 	for name, v := range doc {
 		switch {
@@ -329,7 +330,3 @@ func (c *Collection) filterValue(name, raw string) (any, error) {
 	}
 	return raw, nil
 }
-
-func escapePointer(s string) string { return pointerEscaper.Replace(s) }
-
-var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")

@@ -6,53 +6,49 @@ import (
 	"mime"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/restgate/restgate/internal/jsonptr"
 )
 
 // maxFieldErrors bounds the field errors taken from a backend's body.
 const maxFieldErrors = 100
 
-// backendProblem is the problem made of a backend's error response; raw is
-// set when the backend's own problem document is passed on as it is.
-type backendProblem struct {
-	*Problem
-	raw []byte
-}
-
 // fromBackend turns a backend's error response into a problem. A 5xx body is
-// never shown; a 4xx's message and field errors are kept when the body is a
-// JSON shape we know; any other body (HTML, text, malformed or compressed
-// JSON, too large) leaves only the status's title.
-func (h *Handler) fromBackend(r *http.Request, status int, hdr http.Header, body []byte, overflow bool) backendProblem {
-	if status >= 500 {
-		return backendProblem{Problem: &Problem{Status: status, Title: Title(status), Code: Code(status), Detail: genericDetail(status)}}
-	}
+// never shown; a 4xx's own problem document keeps its members (status set
+// to the HTTP status), and a 4xx's message and field errors are kept when
+// the body is another JSON shape we know; any other body (HTML, text,
+// malformed or compressed JSON, too large) leaves only the status's title.
+func fromBackend(r *http.Request, status int, hdr http.Header, body []byte, overflow bool) *Problem {
 	p := New(status, "")
+	if status >= 500 {
+		p.Detail = genericDetail(status)
+		return p
+	}
 	if overflow || len(body) == 0 {
-		return backendProblem{Problem: p}
+		return p
 	}
 	if ce := hdr.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		return backendProblem{Problem: p}
+		return p
 	}
 	mt, _, _ := mime.ParseMediaType(hdr.Get("Content-Type"))
 	if mt == MediaType {
-		if raw, ok := passProblem(body, status, RequestIDFromRequest(r)); ok {
-			return backendProblem{Problem: p, raw: raw}
+		if q, ok := parseProblem(body, status); ok {
+			return q
 		}
-		return backendProblem{Problem: p}
+		return p
 	}
 	if !strings.HasSuffix(mt, "json") && !(mt == "" && looksJSON(body)) {
-		return backendProblem{Problem: p}
+		return p
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return backendProblem{Problem: p}
+		return p
 	}
 	fillFromJSON(p, v)
-	return backendProblem{Problem: p}
+	return p
 }
 
 func looksJSON(b []byte) bool {
@@ -60,26 +56,30 @@ func looksJSON(b []byte) bool {
 	return len(b) > 0 && (b[0] == '{' || b[0] == '[')
 }
 
-// passProblem returns a backend's problem document with its status set to
-// the HTTP status and a request_id added, or the body itself when nothing
-// needs to change.
-func passProblem(body []byte, status int, requestID string) ([]byte, bool) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
+// parseProblem reads a backend's problem document: the standard members
+// into the Problem, every other member kept as an extension, as it was. The
+// status member always becomes the HTTP status.
+func parseProblem(body []byte, status int) (*Problem, bool) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
 		return nil, false
 	}
-	var got int
-	statusOK := json.Unmarshal(m["status"], &got) == nil && got == status
-	_, hasID := m["request_id"]
-	if statusOK && (hasID || requestID == "") {
-		return body, true
+	type plain Problem // no methods: the standard members only
+	var p plain
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, false
 	}
-	m["status"] = json.RawMessage(strconv.Itoa(status))
-	if !hasID && requestID != "" {
-		m["request_id"], _ = json.Marshal(requestID)
+	q := (*Problem)(&p)
+	q.Status = status
+	for k, v := range members {
+		if !reservedMember(k) {
+			if q.Extensions == nil {
+				q.Extensions = make(map[string]any)
+			}
+			q.Extensions[k] = v
+		}
 	}
-	out, err := json.Marshal(m)
-	return out, err == nil
+	return q, true
 }
 
 // fillFromJSON takes the message, code and field errors from the shapes
@@ -197,7 +197,7 @@ func fieldErrors(obj map[string]any, prefix string, out []FieldError, depth int)
 		if k == "non_field_errors" {
 			continue
 		}
-		ptr := prefix + "/" + escapePointer(k)
+		ptr := prefix + "/" + jsonptr.Escape(k)
 		switch val := obj[k].(type) {
 		case []any:
 			for _, item := range val {
@@ -222,18 +222,13 @@ func pointer(loc []any) string {
 		b.WriteByte('/')
 		switch v := part.(type) {
 		case string:
-			b.WriteString(escapePointer(v))
+			b.WriteString(jsonptr.Escape(v))
 		case json.Number:
 			b.WriteString(v.String())
 		}
 	}
 	return b.String()
 }
-
-// escapePointer escapes a reference token (RFC 6901 §3).
-func escapePointer(s string) string { return pointerEscaper.Replace(s) }
-
-var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
 func joinStrings(list []any) string {
 	var parts []string

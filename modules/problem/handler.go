@@ -1,17 +1,21 @@
 package problem
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/restgate/restgate/internal/canon"
+	"github.com/restgate/restgate/internal/hold"
+	"github.com/restgate/restgate/internal/redact"
 )
 
 func init() {
@@ -106,37 +110,112 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.write(w, r, FromError(herr))
 		return nil
 	}
+	// a client's malformed request is a 400 here, before it can reach a
+	// backend (reverse_proxy would label it 502)
+	if !validMethod(r.Method) {
+		h.write(w, r, New(http.StatusBadRequest, "the request method is not a valid HTTP token"))
+		return nil
+	}
+	// one resource, one spelling, for every module after this one
+	if err := canon.Normalize(r); err != nil {
+		h.write(w, r, New(http.StatusBadRequest, err.Error()))
+		return nil
+	}
+	var body *bodyReader
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &bodyReader{ReadCloser: r.Body}
+		r.Body = body
+	}
 
-	ew := h.getWriter(w)
-	defer h.putWriter(ew)
-	err := next.ServeHTTP(ew, r)
+	hw := hold.Get(w, h.MaxErrorBody, hold.Truncate, holdErrors)
+	defer hold.Put(hw)
+	err := next.ServeHTTP(hw, r)
 	switch {
-	case err != nil && ew.wroteHeader && !ew.buffering:
+	case err != nil && hw.WroteHeader() && !hw.Held():
 		// the response has started: nothing can be rewritten; let the server log it
 		return err
+	case err != nil && body != nil && body.err != nil && !isClientStatus(err):
+		// the proxy failed because the client's body could not be read
+		// (malformed chunking, a connection cut mid-body): the client's fault
+		p := New(http.StatusBadRequest, "the request body could not be read: "+bodyErrorText(body.err))
+		if errors.As(body.err, new(*http.MaxBytesError)) {
+			p = FromError(body.err)
+		}
+		h.logError(r, p.Status, err)
+		h.write(w, r, p)
 	case err != nil:
 		p := FromError(err)
 		h.logError(r, p.Status, err)
 		h.write(w, r, p)
-	case !ew.wroteHeader:
+	case !hw.WroteHeader():
 		// nothing answered: Caddy's "no route matched" is an empty 200,
 		// which an API must never send
 		h.write(w, r, New(http.StatusNotFound, "no route serves this path"))
-	case ew.buffering:
-		p := h.fromBackend(r, ew.status, w.Header(), ew.buf.Bytes(), ew.overflow)
+	case hw.Held():
+		p := fromBackend(r, hw.Status(), w.Header(), hw.Body(), hw.Overflowed())
 		if p.Status >= 500 {
-			h.logBackend(r, ew.status, ew.buf.Bytes())
+			h.logBackend(r, hw.Status(), hw.Body())
 		}
-		if p.raw != nil {
-			writeBody(w, r, p.Status, p.raw)
-			return nil
-		}
-		h.write(w, r, p.Problem)
+		h.write(w, r, p)
 	}
 	return nil
 }
 
-// write applies the configuration to p and sends it.
+// holdErrors holds every error response for rewriting. A backend that
+// echoes the request id makes reverse_proxy add a second copy: one stays.
+func holdErrors(status int, hdr http.Header) bool {
+	if ids := hdr[RequestIDHeader]; len(ids) > 1 {
+		hdr[RequestIDHeader] = ids[:1]
+	}
+	return status >= 400
+}
+
+// isClientStatus reports whether err already carries a 4xx status.
+func isClientStatus(err error) bool {
+	var he caddyhttp.HandlerError
+	return errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500
+}
+
+// bodyReader remembers why reading the client's request body failed.
+type bodyReader struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func bodyErrorText(err error) string {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "it ended early"
+	case strings.Contains(err.Error(), "chunk"):
+		return "its chunked encoding is malformed"
+	}
+	return "it is malformed or was cut off"
+}
+
+// validMethod reports whether m is an RFC 9110 token (§9.1, §5.6.2).
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		c := m[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// write applies the operator's settings to p and sends it: every problem
+// that leaves the gateway, whoever made it, passes here.
 func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem) {
 	if o, ok := h.overrides[p.Status]; ok {
 		if o.Title != "" {
@@ -149,7 +228,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem) {
 	switch {
 	case p.Status == http.StatusTooManyRequests && (p.Type == "" || p.Type == "about:blank"):
 		p.Type = TypeQuotaExceeded
-	case p.Type == "" && h.TypeBase != "":
+	case (p.Type == "" || p.Type == "about:blank") && h.TypeBase != "":
 		if p.Code == "" {
 			p.Code = Code(p.Status)
 		}
@@ -174,8 +253,9 @@ func (h *Handler) logError(r *http.Request, status int, err error) {
 	}
 }
 
-// logBackend keeps a backend's 5xx body for the operator, since the client
-// never sees it.
+// logBackend notes a backend's 5xx for the operator: the status at error
+// level, and a short excerpt of the body (which the client never sees) at
+// debug level only, with anything that looks like a credential removed.
 func (h *Handler) logBackend(r *http.Request, status int, body []byte) {
 	if c := h.logger.Check(zapcore.ErrorLevel, "backend error response"); c != nil {
 		c.Write(
@@ -183,118 +263,22 @@ func (h *Handler) logBackend(r *http.Request, status int, body []byte) {
 			zap.String("method", r.Method),
 			zap.String("uri", r.URL.Path),
 			zap.Int("status", status),
-			zap.ByteString("body", body[:min(len(body), 4096)]),
+		)
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "backend error body"); c != nil {
+		c.Write(
+			zap.String("request_id", RequestIDFromRequest(r)),
+			zap.String("excerpt", redact.Text(body, maxLoggedBody)),
 		)
 	}
 }
 
-func (h *Handler) getWriter(w http.ResponseWriter) *errWriter {
-	ew, _ := writerPool.Get().(*errWriter)
-	if ew == nil {
-		ew = new(errWriter)
-	}
-	ew.ResponseWriter = w
-	ew.max = h.MaxErrorBody
-	return ew
-}
-
-func (h *Handler) putWriter(ew *errWriter) {
-	if ew.buf.Cap() > 2*h.MaxErrorBody {
-		ew.buf = bytes.Buffer{}
-	}
-	ew.buf.Reset()
-	*ew = errWriter{buf: ew.buf}
-	writerPool.Put(ew)
-}
-
-// writerPool recycles errWriters (and their buffers) across requests.
-var writerPool sync.Pool
-
-// errWriter passes every response through untouched, except one whose
-// status is an error: that is held back, with at most max bytes of its body,
-// for api_errors to rewrite.
-type errWriter struct {
-	http.ResponseWriter
-	max         int
-	status      int
-	wroteHeader bool
-	buffering   bool
-	overflow    bool
-	buf         bytes.Buffer
-}
-
-func (ew *errWriter) WriteHeader(status int) {
-	if ew.wroteHeader {
-		return
-	}
-	if status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
-		ew.ResponseWriter.WriteHeader(status) // informational: pass, not final
-		return
-	}
-	ew.wroteHeader = true
-	// a backend that echoes the request id makes reverse_proxy add a second copy
-	if ids := ew.Header()[RequestIDHeader]; len(ids) > 1 {
-		ew.Header()[RequestIDHeader] = ids[:1]
-	}
-	if status >= 400 {
-		ew.buffering, ew.status = true, status
-		return
-	}
-	ew.ResponseWriter.WriteHeader(status)
-}
-
-func (ew *errWriter) Write(p []byte) (int, error) {
-	if !ew.wroteHeader {
-		ew.WriteHeader(http.StatusOK)
-	}
-	if !ew.buffering {
-		return ew.ResponseWriter.Write(p)
-	}
-	if room := ew.max - ew.buf.Len(); room > 0 {
-		ew.buf.Write(p[:min(room, len(p))])
-	}
-	if ew.buf.Len() >= ew.max && len(p) > 0 {
-		ew.overflow = true
-	}
-	return len(p), nil
-}
-
-// ReadFrom keeps io.Copy from bypassing Write through the embedded writer's
-// ReaderFrom while an error body is held back.
-func (ew *errWriter) ReadFrom(r io.Reader) (int64, error) {
-	if !ew.wroteHeader {
-		ew.WriteHeader(http.StatusOK)
-	}
-	if !ew.buffering {
-		if rf, ok := ew.ResponseWriter.(io.ReaderFrom); ok {
-			return rf.ReadFrom(r)
-		}
-	}
-	return io.Copy(writerOnly{ew}, r)
-}
-
-// FlushError flushes a response that is passing through; a held-back one
-// is not sent until it is rewritten.
-func (ew *errWriter) FlushError() error {
-	if ew.buffering || !ew.wroteHeader {
-		return nil
-	}
-	return http.NewResponseController(ew.ResponseWriter).Flush()
-}
-
-// Flush implements http.Flusher.
-func (ew *errWriter) Flush() { _ = ew.FlushError() }
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (ew *errWriter) Unwrap() http.ResponseWriter { return ew.ResponseWriter }
-
-type writerOnly struct{ io.Writer }
+// maxLoggedBody bounds the excerpt of a backend's error body in the log.
+const maxLoggedBody = 512
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-	_ io.ReaderFrom               = (*errWriter)(nil)
-	_ http.Flusher                = (*errWriter)(nil)
 )

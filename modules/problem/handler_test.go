@@ -9,14 +9,17 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
+	"testing/iotest"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func newHandler(t testing.TB, h *Handler) *Handler {
@@ -78,7 +81,10 @@ func TestErrorSources(t *testing.T) {
 	}{
 		// errors raised inside Caddy
 		{name: "restgate problem", next: failing(Error(409, "already_exists", "event 'GW1' exists")), wantStatus: 409, wantDetail: "event 'GW1' exists", wantCode: "already_exists"},
-		{name: "error directive", next: failing(caddyhttp.Error(404, fmt.Errorf("%s", "no route serves this path"))), wantStatus: 404, wantDetail: "no route serves this path", wantCode: "not_found"},
+		{name: "error directive", next: failing(errorDirective(404, "no route serves this path")), wantStatus: 404, wantDetail: "no route serves this path", wantCode: "not_found"},
+		// a plain-text message from anything but the error directive is not
+		// shown: its type says nothing about what it contains
+		{name: "plain 4xx message from elsewhere", next: failing(caddyhttp.Error(400, errors.New("parsing /srv/app/config.json: bad"))), wantStatus: 400, noDetail: true},
 		{name: "request_body 413", next: failing(caddyhttp.Error(413, &http.MaxBytesError{Limit: 1024})), wantStatus: 413, wantDetail: "request body exceeds 1024 bytes", wantCode: "content_too_large"},
 		{name: "proxy dial 502", next: failing(caddyhttp.Error(502, errors.New("dial tcp 10.0.0.7:9001: connect: connection refused"))), wantStatus: 502, wantDetail: genericDetail(502), wantCode: "bad_gateway"},
 		{name: "no upstream 503", next: failing(caddyhttp.Error(503, errors.New("no upstreams available"))), wantStatus: 503, wantCode: "service_unavailable"},
@@ -314,10 +320,16 @@ func TestNothingAnsweredIsA404(t *testing.T) {
 	}
 }
 
+// errorDirective returns the error Caddy's `error` directive raises.
+func errorDirective(status int, msg string) error {
+	r := newRequest("GET", "/")
+	return caddyhttp.StaticError{Error: msg, StatusCode: caddyhttp.WeakString(strconv.Itoa(status))}.ServeHTTP(httptest.NewRecorder(), r, nil)
+}
+
 func TestInsideHandleErrors(t *testing.T) {
 	h := newHandler(t, &Handler{})
 	r := newRequest("GET", "/nowhere")
-	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ErrorCtxKey, caddyhttp.Error(404, fmt.Errorf("%s", "no route"))))
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ErrorCtxKey, errorDirective(404, "no route")))
 	w := httptest.NewRecorder()
 	called := false
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { called = true; return nil })
@@ -379,8 +391,10 @@ func TestRequestID(t *testing.T) {
 			}
 		})
 	}
-	if a, b := newULID(time.Time{}), newULID(time.Time{}); a == b || len(a) != 26 {
-		t.Errorf("ULIDs %q, %q: want distinct, 26 characters", a, b)
+	a := EnsureRequestID(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	b := EnsureRequestID(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	if a == b || len(a) != 26 {
+		t.Errorf("minted ids %q, %q: want distinct, 26 characters", a, b)
 	}
 }
 
@@ -524,3 +538,89 @@ type discardWriter struct {
 func (d *discardWriter) Header() http.Header         { return d.h }
 func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (d *discardWriter) WriteHeader(s int)           { d.status = s }
+
+// TestOneRenderingPath: the operator's type_base and per-status overrides
+// shape every problem that leaves, including a backend's (or an inner
+// handler's) own problem+json document; its other members stay.
+func TestOneRenderingPath(t *testing.T) {
+	h := newHandler(t, &Handler{
+		TypeBase: "https://errors.example.com/",
+		Statuses: map[string]StatusOverride{"409": {Title: "Already there"}},
+	})
+	w := httptest.NewRecorder()
+	body := `{"type":"about:blank","title":"Conflict","status":409,"detail":"event 'E1' already exists","code":"already_exists","instance":"/v1/events","hint":{"use":"PUT"}}`
+	_ = h.ServeHTTP(w, newRequest("POST", "/v1/events"), backend(409, MediaType, body))
+	var m map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "https://errors.example.com/already_exists" || m["title"] != "Already there" || m["detail"] != "event 'E1' already exists" {
+		t.Errorf("backend problem not shaped by the configuration: %s", w.Body)
+	}
+	if fmt.Sprint(m["hint"]) != "map[use:PUT]" || m["request_id"] == nil || m["status"] != float64(409) {
+		t.Errorf("backend problem lost members: %s", w.Body)
+	}
+	// a backend's registered type is its own choice and stays
+	w = httptest.NewRecorder()
+	_ = h.ServeHTTP(w, newRequest("POST", "/v1/x"), backend(409, MediaType, `{"type":"https://example.net/probs/out-of-credit","title":"Out","status":409}`))
+	if !strings.Contains(w.Body.String(), `"type":"https://example.net/probs/out-of-credit"`) {
+		t.Errorf("a backend's own type was replaced: %s", w.Body)
+	}
+}
+
+// TestBackendErrorBodyIsNotLogged: a backend's 500 body (here with a
+// password in it) never reaches the log at error level; at debug level a
+// short excerpt does, with the password removed.
+func TestBackendErrorBodyIsNotLogged(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	h := newHandler(t, &Handler{})
+	h.logger = zap.New(core)
+	page := `{"error":"login to db failed","password":"hunter2-very-secret"}` + strings.Repeat(" filler", 500)
+	_ = h.ServeHTTP(httptest.NewRecorder(), newRequest("GET", "/v1/x"), backend(500, "application/json", page))
+	for _, e := range logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		if strings.Contains(line, "hunter2") {
+			t.Errorf("the backend's password reached the log: %s", line)
+		}
+		if e.Level >= zapcore.InfoLevel && strings.Contains(line, "login to db") {
+			t.Errorf("the backend's body was logged at %s: %s", e.Level, line)
+		}
+		if ex, ok := e.ContextMap()["excerpt"].(string); ok && len(ex) > maxLoggedBody {
+			t.Errorf("excerpt of %d bytes, want at most %d", len(ex), maxLoggedBody)
+		}
+	}
+	if logs.FilterMessage("backend error response").Len() != 1 || logs.FilterMessage("backend error body").Len() != 1 {
+		t.Errorf("want one error line and one debug excerpt, got %v", logs.All())
+	}
+}
+
+// TestMalformedRequestsAreClientErrors: what the client got wrong is a
+// 400 problem, never a 5xx from whatever failed further in.
+func TestMalformedRequestsAreClientErrors(t *testing.T) {
+	h := newHandler(t, &Handler{})
+	called := false
+	reached := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { called = true; return nil })
+	for _, tt := range []struct{ method, target string }{{"G ET", "/v1/x"}, {"GET", "/v1/a%2Fb"}} {
+		called = false
+		r := newRequest("GET", tt.target)
+		r.Method = tt.method
+		w := httptest.NewRecorder()
+		_ = h.ServeHTTP(w, r, reached)
+		if w.Code != 400 || called {
+			t.Errorf("%q %s: %d (next called: %v), want 400 without calling next", tt.method, tt.target, w.Code, called)
+		}
+	}
+	// a body that cannot be read makes the proxy fail with a 502; the
+	// client's fault is a 400
+	r := newRequest("POST", "/v1/x")
+	r.Body = io.NopCloser(io.MultiReader(strings.NewReader("{"), iotest.ErrReader(errors.New("http: invalid byte in chunk length"))))
+	proxy := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, err := io.ReadAll(r.Body)
+		return caddyhttp.Error(http.StatusBadGateway, err)
+	})
+	w := httptest.NewRecorder()
+	_ = h.ServeHTTP(w, r, proxy)
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "chunked") {
+		t.Errorf("unreadable body: %d %s, want a 400 naming the chunked encoding", w.Code, w.Body)
+	}
+}

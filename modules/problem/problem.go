@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"reflect"
 	"strconv"
 	"strings"
 
@@ -232,8 +231,7 @@ func SnakeCase(s string) string {
 // the chain is used as it is; any other error becomes a problem with the
 // error's status (500 if none) and a detail that never reveals internals: a
 // 5xx gets the generic detail of its status, and a 4xx keeps the error's
-// message only when it is plain text (such as the `error` directive's), not a
-// file path or a network address.
+// message only when the `error` directive raised it.
 func FromError(err error) *Problem {
 	status := http.StatusInternalServerError
 	var he caddyhttp.HandlerError
@@ -256,7 +254,7 @@ func FromError(err error) *Problem {
 		q.Detail = genericDetail(status)
 		return q
 	}
-	if he.Err != nil && safeMessage(he.Err) {
+	if he.Err != nil && fromErrorDirective(he) {
 		q.Detail = truncate(he.Err.Error(), maxDetail)
 	}
 	var mbe *http.MaxBytesError
@@ -266,14 +264,15 @@ func FromError(err error) *Problem {
 	return q
 }
 
-// safeMessage reports whether err is a plain message (errors.New or
-// fmt.Errorf without %w, as the `error` directive makes), as opposed to one
-// that may carry a path, an address or another system detail.
-func safeMessage(err error) bool {
-	return reflect.TypeOf(err) == plainErrType
+// fromErrorDirective reports whether he was raised by Caddy's `error`
+// directive, whose message the operator wrote for clients. The rule is
+// explicit: restgate's own modules raise a *Problem (shown as it is), the
+// `error` directive's text is shown, and every other error (Caddy's own,
+// which may name a file, an address or a system detail) shows only its
+// status's title.
+func fromErrorDirective(he caddyhttp.HandlerError) bool {
+	return strings.HasPrefix(he.Trace, "caddyhttp.StaticError.ServeHTTP ")
 }
-
-var plainErrType = reflect.TypeOf(errors.New(""))
 
 // maxDetail bounds a detail taken from an error or a backend.
 const maxDetail = 1024

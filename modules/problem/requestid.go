@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"time"
-	"unsafe"
 )
 
 // RequestIDHeader carries the request id to the backend and back to the client.
@@ -22,19 +21,12 @@ func EnsureRequestID(w http.ResponseWriter, r *http.Request) string {
 		w.Header()[RequestIDHeader] = ids
 		return ids[0]
 	}
-	// one allocation holds the id's bytes and the header value slice that
-	// both header maps share
-	box := new(idBox)
-	putULID(&box.b, time.Now())
-	box.v[0] = unsafe.String(&box.b[0], len(box.b)) // box.b is never written again
-	r.Header[RequestIDHeader] = box.v[:]
-	w.Header()[RequestIDHeader] = box.v[:]
-	return box.v[0]
-}
-
-type idBox struct {
-	v [1]string
-	b [26]byte
+	var b [26]byte
+	putULID(&b, time.Now())
+	v := []string{string(b[:])} // both header maps share the value slice
+	r.Header[RequestIDHeader] = v
+	w.Header()[RequestIDHeader] = v
+	return v[0]
 }
 
 // RequestIDFromRequest returns the request's id if it has a sane one.
@@ -60,15 +52,9 @@ func saneRequestID(s string) bool {
 
 const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-// newULID returns a ULID (48-bit millisecond time, 80 random bits, Crockford
+// putULID writes a ULID (48-bit millisecond time, 80 random bits, Crockford
 // base32): sortable by time, unique enough to correlate logs. The randomness
 // need not be secret, so the runtime's fast per-thread generator serves.
-func newULID(now time.Time) string {
-	var b [26]byte
-	putULID(&b, now)
-	return string(b[:])
-}
-
 func putULID(b *[26]byte, now time.Time) {
 	ms := uint64(now.UnixMilli())
 	for i := 9; i >= 0; i-- {

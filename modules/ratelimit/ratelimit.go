@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/restgate/restgate/modules/problem"
 )
@@ -64,10 +65,11 @@ type Handler struct {
 	// `api_rate_limit_ip` sets it.
 	ShareRefunds bool `json:"share_refunds,omitempty"`
 
-	now    func() time.Time
-	logger *zap.Logger
-	events *caddyevents.App
-	ctx    caddy.Context
+	now        func() time.Time
+	logger     *zap.Logger
+	refusalLog *zap.Logger // logger, sampled
+	events     *caddyevents.App
+	ctx        caddy.Context
 }
 
 // CaddyModule returns the Caddy module information.
@@ -87,6 +89,10 @@ const maxZones = 8
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger()
+	// refusal lines: the first 10 a second, then one in 100
+	h.refusalLog = h.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
+	}))
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -163,7 +169,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			continue
 		}
 		key := z.keyFor(r, repl)
-		d := z.state.store.Reserve(key, z.limit, z.burst, now)
+		d := z.state.store.Reserve(key, z.perSecond, z.burst, now)
 		decided[n], applied[n] = d, z
 		n++
 		if !d.Admitted {
@@ -186,14 +192,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	// refused: nothing admitted for this request may stay spent
+	// refused: nothing admitted for this request may stay spent, in this
+	// handler or an earlier one (whose tokens were taken some time ago:
+	// a refund is one whole token, whenever it is made)
 	for i := range refused {
-		decided[i].Refund(now)
+		decided[i].Refund(h.now())
 	}
 	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
 		for _, d := range rf.decisions {
-			d.Refund(now)
+			d.Refund(h.now())
 		}
+		rf.decisions = nil
 	}
 	z, d := applied[refused], decided[refused]
 	h.reportRefusal(r, z, d)
@@ -205,7 +214,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if repl != nil {
 		repl.Set("http.rate_limit.exceeded.name", z.Name)
 	}
-	w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(d.RetryIn), 10))
+	w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(d.NextIn), 10))
 	p := problem.New(http.StatusTooManyRequests, fmt.Sprintf("the %q limit of %d requests per %s is used up; retry after the Retry-After delay", z.Name, z.Events, time.Duration(z.Window)))
 	p.Type = problem.TypeQuotaExceeded
 	p.Code = "rate_limited"
@@ -225,17 +234,22 @@ func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {
 	}
 }
 
+// reportRefusal logs a refusal (sampled: under a flood the log must not
+// become the flood) and emits the event. Fields are built only when the
+// line is written.
 func (h *Handler) reportRefusal(r *http.Request, z *Zone, d Decision) {
-	fields := []zap.Field{
-		zap.String("zone", z.Name),
-		zap.String("mode", h.Mode),
-		zap.Duration("retry_in", d.RetryIn),
-		zap.String("request_id", problem.RequestIDFromRequest(r)),
+	if c := h.refusalLog.Check(zapcore.InfoLevel, "rate limit exceeded"); c != nil {
+		fields := []zap.Field{
+			zap.String("zone", z.Name),
+			zap.String("mode", h.Mode),
+			zap.Duration("retry_in", d.NextIn),
+			zap.String("request_id", problem.RequestIDFromRequest(r)),
+		}
+		if h.LogKey {
+			fields = append(fields, zap.String("key", z.keyFor(r, nil)))
+		}
+		c.Write(fields...)
 	}
-	if h.LogKey {
-		fields = append(fields, zap.String("key", z.keyFor(r, nil)))
-	}
-	h.logger.Info("rate limit exceeded", fields...)
 	if h.events != nil {
 		h.events.Emit(h.ctx, "rate_limit_exceeded", map[string]any{"zone": z.Name, "mode": h.Mode})
 	}
@@ -249,7 +263,7 @@ func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision)
 		if i > 0 {
 			buf = append(buf, ", "...)
 		}
-		buf = appendItem(buf, z.Name, decided[i])
+		buf = appendItem(buf, z.quotedName, decided[i])
 	}
 	addValue(hdr, "Ratelimit", string(buf))
 	for i, z := range zones {
@@ -269,17 +283,20 @@ func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision)
 		}
 		hdr.Set("X-Ratelimit-Limit", strconv.Itoa(zones[lo].Events))
 		hdr.Set("X-Ratelimit-Remaining", strconv.Itoa(int(decided[lo].Remaining)))
-		hdr.Set("X-Ratelimit-Reset", strconv.FormatInt(ceilSeconds(decided[lo].ResetIn), 10))
+		hdr.Set("X-Ratelimit-Reset", strconv.FormatInt(ceilSeconds(decided[lo].NextIn), 10))
 	}
 }
 
-// appendItem appends one RateLimit list member: "name";r=<remaining>;t=<seconds to full>.
-func appendItem(b []byte, name string, d Decision) []byte {
-	b = strconv.AppendQuote(b, name)
+// appendItem appends one RateLimit list member, `"name";r=<remaining>;t=<s>`
+// where t is the seconds until more quota is available (0 with a full
+// bucket; on a 429 it equals Retry-After). quotedName is already an
+// sf-string.
+func appendItem(b []byte, quotedName string, d Decision) []byte {
+	b = append(b, quotedName...)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, int64(math.Floor(d.Remaining)), 10)
 	b = append(b, ";t="...)
-	return strconv.AppendInt(b, ceilSeconds(d.ResetIn), 10)
+	return strconv.AppendInt(b, ceilSeconds(d.NextIn), 10)
 }
 
 // addValue adds a header value without growing a slice another handler may share.

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,13 +24,20 @@ import (
 	"github.com/restgate/restgate/modules/problem"
 )
 
-// fakeClock is an injected clock the test moves by hand.
+// fakeClock is an injected clock the test moves by hand. Every read also
+// moves it on by a microsecond, as real time does: a frozen clock once hid
+// refunds that did nothing once any time had passed.
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(time.Microsecond)
+	return c.t
+}
 func (c *fakeClock) add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -149,9 +157,10 @@ func TestHeadersAndRefusal(t *testing.T) {
 		if item.Value != name || r != int64(2-i) {
 			t.Errorf("request %d: RateLimit = %q, want %q;r=%d", i, w.Header().Get("RateLimit"), name, 2-i)
 		}
-		tt, _ := item.Params.Get("t")
-		if secs := tt.(int64); secs < 1 || secs > 60 {
-			t.Errorf("t = %d, want 1..60", secs)
+		// t is the time until more quota is available (one token per
+		// 20s), not until the bucket is full again (20s, 40s, 60s)
+		if tt, _ := item.Params.Get("t"); tt != int64(20) {
+			t.Errorf("request %d: t = %v, want 20", i, tt)
 		}
 		pol, err := httpsfv.UnmarshalList(w.Header().Values("RateLimit-Policy"))
 		if err != nil {
@@ -177,6 +186,11 @@ func TestHeadersAndRefusal(t *testing.T) {
 	ra, _ := strconv.Atoi(w.Header().Get("Retry-After"))
 	if ra != 20 { // one token per 20s
 		t.Errorf("Retry-After = %d, want 20", ra)
+	}
+	// the draft: Retry-After never points earlier than t
+	list, _ := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
+	if tt, _ := list[0].(httpsfv.Item).Params.Get("t"); tt != int64(ra) {
+		t.Errorf("429: t = %v, Retry-After = %d; want them equal", tt, ra)
 	}
 	// the client that waits Retry-After gets in; one second less does not
 	clock.add(time.Duration(ra-1) * time.Second)
@@ -240,6 +254,67 @@ func TestRefunds(t *testing.T) {
 	// the two refused requests cost nothing
 	if left := ipLeft(); left != 97 {
 		t.Errorf("IP zone has %d left, want 97 (refused requests must not spend)", left)
+	}
+}
+
+// TestRefundsAfterTimePasses: the per-IP token is taken, time passes (a
+// slow auth, a slow handler), then the per-user zone refuses: the per-IP
+// zone gets exactly its token back. x/time/rate's CancelAt did nothing here.
+func TestRefundsAfterTimePasses(t *testing.T) {
+	ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+uniq("ip")+" 100/1m\n}", true)
+	userH, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("user")+" 1/1m\n}", false)
+	userH.now = clock.now
+	chain := func() int {
+		r := request("GET", "/", "192.0.2.7", "alice")
+		err := ipH.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			clock.add(10 * time.Millisecond)
+			return userH.ServeHTTP(w, r, okNext)
+		}))
+		return status(err)
+	}
+	ipLeft := func() float64 {
+		b, _ := ipH.Zones[0].state.store.(*memStore).buckets.Peek("192.0.2.7")
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.tokens
+	}
+	if got := chain(); got != 200 {
+		t.Fatalf("first request: %d", got)
+	}
+	before := ipLeft()
+	for i := range 3 {
+		if got := chain(); got != 429 {
+			t.Fatalf("refused request %d: %d", i, got)
+		}
+	}
+	// three refused requests cost nothing; the bucket was last updated
+	// before the first request's 10ms, so 40ms of refill at 100/1m: +0.067
+	if after := ipLeft(); after < before+0.065 || after > before+0.068 {
+		t.Errorf("per-IP tokens went from %.3f to %.3f over three refused requests, want +0.067 (refunds lost)", before, after)
+	}
+}
+
+// TestZoneNames: a name that is not a valid sf-string is refused at
+// provision; every accepted one yields headers a Structured Fields parser
+// reads back to the same name.
+func TestZoneNames(t *testing.T) {
+	for _, name := range []string{"zoné", "a\x01b", "tab\there", "", strings.Repeat("x", 65), "with space"} {
+		if validName(name) {
+			t.Errorf("validName(%q) = true, want false", name)
+		}
+	}
+	for _, name := range []string{`per-user`, `a"b`, `semi;colon`, `comma,zone`, `~!@#$%^&*()`} {
+		h, _ := newLimiter(t, "api_rate_limit {\n zone "+strconv.Quote(name)+" 5/1m\n}", false)
+		w, err := send(h, request("GET", "/", "192.0.2.1", "a"))
+		if err != nil {
+			t.Fatalf("%q: %v", name, err)
+		}
+		for _, field := range []string{"RateLimit", "RateLimit-Policy"} {
+			list, err := httpsfv.UnmarshalList(w.Header().Values(field))
+			if err != nil || len(list) != 1 || list[0].(httpsfv.Item).Value != name {
+				t.Errorf("zone %q: %s = %q does not parse back (%v)", name, field, w.Header().Get(field), err)
+			}
+		}
 	}
 }
 
@@ -359,9 +434,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		})
 	}
 	for name, z := range map[string]*Zone{
-		"quote in name": {Name: `a"b`, Events: 1},
-		"bad prefix":    {Name: "a", Events: 1, IPv6Prefix: 200},
-		"dup zones":     nil,
+		"accent in name":  {Name: "zoné", Events: 1},
+		"control in name": {Name: "a\x7fb", Events: 1},
+		"bad prefix":      {Name: "a", Events: 1, IPv6Prefix: 200},
+		"dup zones":       nil,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &Handler{Zones: []*Zone{z}}
@@ -431,9 +507,9 @@ func BenchmarkHandler(b *testing.B) {
 // BenchmarkHeaders is the header formatting alone.
 func BenchmarkHeaders(b *testing.B) {
 	h := &Handler{}
-	z := &Zone{Name: "per-user", Events: 100, policy: `"per-user";q=100;w=60`}
+	z := &Zone{Name: "per-user", Events: 100, quotedName: `"per-user"`, policy: `"per-user";q=100;w=60`}
 	z.policyHeader = []string{z.policy}
-	d := Decision{Admitted: true, Remaining: 42, ResetIn: 18 * time.Second}
+	d := Decision{Admitted: true, Remaining: 42, NextIn: 18 * time.Second}
 	hdr := http.Header{}
 	zones, decided := []*Zone{z}, []Decision{d}
 	b.ReportAllocs()

@@ -1,22 +1,21 @@
 package ratelimit
 
 import (
+	"math"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-	"golang.org/x/time/rate"
 )
 
 // Store holds the token buckets of one zone. The in-memory store is the
 // embedded default; a shared store (Redis) lets several gateways enforce one
-// limit.
+// limit with the same algorithm.
 type Store interface {
-	// Reserve takes one token from key's bucket if it has one. It returns
-	// whether the request is admitted, the tokens left, how long until the
-	// bucket is full again, how long until a token is available (when not
-	// admitted), and a refund that puts the token back (nil if nothing was
-	// taken).
-	Reserve(key string, limit rate.Limit, burst int, now time.Time) Decision
+	// Reserve takes one token from key's bucket if it has one; a refused
+	// request takes nothing. perSecond is the refill rate, burst the
+	// bucket's size.
+	Reserve(key string, perSecond float64, burst int, now time.Time) Decision
 	// Resize bounds how many keys the store keeps.
 	Resize(maxKeys int)
 	// Len is how many keys it holds.
@@ -25,64 +24,111 @@ type Store interface {
 
 // Decision is the outcome of Reserve.
 type Decision struct {
-	Admitted    bool
-	Remaining   float64
-	ResetIn     time.Duration // until the bucket is full
-	RetryIn     time.Duration // until a token is available, when refused
-	reservation rate.Reservation
+	Admitted bool
+	// Remaining is how many whole tokens are left.
+	Remaining float64
+	// NextIn is how long until the bucket holds one more whole token: for a
+	// refused request, until it may be retried; zero when the bucket is full.
+	// It is the `t` of the RateLimit header and, on a 429, Retry-After.
+	NextIn time.Duration
+
+	// what gives the token back; nil if none was taken
+	refund    refunder
+	perSecond float64
+	burst     int
 }
 
-// Refund puts an admitted request's token back.
+// refunder gives back one token taken from a bucket.
+type refunder interface {
+	refund(now time.Time, perSecond float64, burst int)
+}
+
+// Refund puts an admitted request's token back: exactly one token, whatever
+// time has passed since it was taken (capped at the bucket's size).
 func (d *Decision) Refund(now time.Time) {
-	if d.Admitted {
-		d.reservation.CancelAt(now)
+	if d.Admitted && d.refund != nil {
+		d.refund.refund(now, d.perSecond, d.burst)
 		d.Admitted = false
 	}
 }
 
-// memStore is an LRU of golang.org/x/time/rate buckets bounded by maxKeys:
-// the least recently seen key is forgotten first, so memory stays bounded
-// however many distinct keys arrive.
+// bucket is one key's token bucket: tokens refill continuously at the
+// zone's rate up to its burst. golang.org/x/time/rate is not used because
+// its reservations cannot be cancelled once their time has passed (CancelAt
+// returns early), so a refund made later in the same request would be lost;
+// this bucket is also exactly what the Redis script computes.
+type bucket struct {
+	mu     sync.Mutex
+	tokens float64
+	last   int64 // Unix nanoseconds of the last update
+}
+
+// advance refills the bucket up to now; it never moves time backwards.
+// Callers hold b.mu.
+func (b *bucket) advance(now time.Time, perSecond float64, burst int) {
+	t := now.UnixNano()
+	if t > b.last {
+		b.tokens += float64(t-b.last) / 1e9 * perSecond
+		b.last = t
+	}
+	b.tokens = min(b.tokens, float64(burst))
+}
+
+func (b *bucket) take(now time.Time, perSecond float64, burst int) Decision {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.advance(now, perSecond, burst)
+	d := Decision{perSecond: perSecond, burst: burst}
+	if b.tokens >= 1 {
+		b.tokens--
+		d.Admitted, d.refund = true, b
+	}
+	d.Remaining = math.Floor(max(b.tokens, 0))
+	d.NextIn = nextIn(b.tokens, perSecond, burst)
+	return d
+}
+
+func (b *bucket) refund(now time.Time, perSecond float64, burst int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.advance(now, perSecond, burst)
+	b.tokens = min(b.tokens+1, float64(burst))
+}
+
+// nextIn is how long until a bucket holding tokens gains one whole token.
+func nextIn(tokens, perSecond float64, burst int) time.Duration {
+	if tokens >= float64(burst) || perSecond <= 0 {
+		return 0
+	}
+	missing := math.Floor(tokens) + 1 - tokens
+	return time.Duration(math.Ceil(missing / perSecond * 1e9))
+}
+
+// memStore is an LRU of token buckets bounded by maxKeys: the least recently
+// seen key is forgotten first, so memory stays bounded however many distinct
+// keys arrive.
 type memStore struct {
-	buckets *lru.Cache[string, *rate.Limiter]
+	buckets *lru.Cache[string, *bucket]
 }
 
 func newMemStore(maxKeys int) (*memStore, error) {
-	c, err := lru.New[string, *rate.Limiter](maxKeys)
+	c, err := lru.New[string, *bucket](maxKeys)
 	if err != nil {
 		return nil, err
 	}
 	return &memStore{buckets: c}, nil
 }
 
-func (s *memStore) Reserve(key string, limit rate.Limit, burst int, now time.Time) Decision {
-	lim, ok := s.buckets.Get(key)
+func (s *memStore) Reserve(key string, perSecond float64, burst int, now time.Time) Decision {
+	b, ok := s.buckets.Get(key)
 	if !ok {
-		lim = rate.NewLimiter(limit, burst)
+		b = &bucket{tokens: float64(burst), last: now.UnixNano()}
 		// a concurrent first request for the same key may have added one
-		if prev, found, _ := s.buckets.PeekOrAdd(key, lim); found {
-			lim = prev
+		if prev, found, _ := s.buckets.PeekOrAdd(key, b); found {
+			b = prev
 		}
 	}
-	if lim.Limit() != limit { // the zone's rate changed in a config reload
-		lim.SetLimitAt(now, limit)
-	}
-	if lim.Burst() != burst {
-		lim.SetBurstAt(now, burst)
-	}
-	res := lim.ReserveN(now, 1)
-	d := Decision{reservation: *res}
-	if res.OK() && res.DelayFrom(now) == 0 {
-		d.Admitted = true
-	} else {
-		d.RetryIn = res.DelayFrom(now)
-		res.CancelAt(now) // a refused request spends nothing
-	}
-	d.Remaining = max(lim.TokensAt(now), 0)
-	if limit > 0 {
-		d.ResetIn = time.Duration((float64(burst) - d.Remaining) / float64(limit) * float64(time.Second))
-	}
-	return d
+	return b.take(now, perSecond, burst)
 }
 
 func (s *memStore) Resize(maxKeys int) { s.buckets.Resize(maxKeys) }

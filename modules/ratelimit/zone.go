@@ -4,19 +4,19 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"golang.org/x/time/rate"
+	"github.com/dunglas/httpsfv"
 )
 
 // Zone is one limit: Events per Window for each key, with bursts up to Burst.
 type Zone struct {
-	// The zone's name: it appears in the headers and the problem body, so
-	// keep it short and meaningful (`per-user`, `per-ip`).
+	// The zone's name: it appears in the headers (as a Structured Fields
+	// string, so printable ASCII only) and the problem body, so keep it short
+	// and meaningful (`per-user`, `per-ip`).
 	Name string `json:"name"`
 
 	// What the buckets are keyed on: a placeholder template such as
@@ -50,9 +50,10 @@ type Zone struct {
 	// forgotten first. Default: 100000.
 	MaxKeys int `json:"max_keys,omitempty"`
 
-	limit        rate.Limit
+	perSecond    float64
 	burst        int
-	policy       string
+	quotedName   string // the name as an sf-string, for RateLimit items
+	policy       string // the zone's RateLimit-Policy list member
 	policyHeader []string
 	poolKey      string
 	state        *zoneState
@@ -94,9 +95,18 @@ func (z *Zone) provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	z.limit = rate.Limit(float64(z.Events) / time.Duration(z.Window).Seconds())
+	z.perSecond = float64(z.Events) / time.Duration(z.Window).Seconds()
 	z.burst = z.Burst
-	z.policy = strconv.Quote(z.Name) + ";q=" + strconv.Itoa(z.Events) + ";w=" + strconv.FormatInt(ceilSeconds(time.Duration(z.Window)), 10)
+	var err error
+	if z.quotedName, err = httpsfv.Marshal(httpsfv.NewItem(z.Name)); err != nil {
+		return err
+	}
+	policy := httpsfv.NewItem(z.Name)
+	policy.Params.Add("q", int64(z.Events))
+	policy.Params.Add("w", ceilSeconds(time.Duration(z.Window)))
+	if z.policy, err = httpsfv.Marshal(policy); err != nil {
+		return err
+	}
 	z.policyHeader = slices.Clip([]string{z.policy})
 	methods := slices.Clone([]string(z.Methods))
 	slices.Sort(methods)
@@ -121,8 +131,8 @@ func (z *Zone) provision(ctx caddy.Context) error {
 
 func (z *Zone) validate() error {
 	switch {
-	case z.Name == "" || strings.ContainsAny(z.Name, "\"\\,;= \t") || len(z.Name) > 64:
-		return fmt.Errorf("name must be 1 to 64 characters without quotes, backslashes, separators or spaces")
+	case !validName(z.Name):
+		return fmt.Errorf("name must be 1 to 64 printable ASCII characters (letters, digits, punctuation; no spaces), as it is sent in the RateLimit headers")
 	case z.Events < 1:
 		return fmt.Errorf("events must be at least 1")
 	case z.Window != 0 && time.Duration(z.Window) < time.Millisecond:
@@ -135,6 +145,22 @@ func (z *Zone) validate() error {
 		return fmt.Errorf("max_keys must not be negative")
 	}
 	return nil
+}
+
+// validName reports whether name is 1 to 64 visible ASCII characters: each
+// such name serialises as a Structured Fields string (RFC 9651 §3.3.3),
+// and without spaces it reads well in logs and problem bodies.
+func validName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] <= ' ' || name[i] >= 0x7f {
+			return false
+		}
+	}
+	_, err := httpsfv.Marshal(httpsfv.NewItem(name))
+	return err == nil
 }
 
 func (z *Zone) release() error {
