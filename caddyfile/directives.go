@@ -15,7 +15,9 @@
 package caddyfile
 
 import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
@@ -26,26 +28,42 @@ import (
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("api_errors", problem.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("api_errors", parse[problem.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
 
 	// The per-IP zone runs before auth (it throttles credential stuffing and
 	// counts failed authentications); the per-principal zone after it, so
-	// it can key on the authenticated user.
-	httpcaddyfile.RegisterHandlerDirective("api_rate_limit_ip", ratelimit.ParseCaddyfileIP)
-	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit_ip", httpcaddyfile.Before, "push")
-	httpcaddyfile.RegisterHandlerDirective("api_auth", apiauth.ParseCaddyfile)
+	// it can key on the authenticated user. One handler type serves both:
+	// it reads which directive it was given.
+	httpcaddyfile.RegisterHandlerDirective(ratelimit.DirectiveIP, parse[ratelimit.Handler])
+	httpcaddyfile.RegisterDirectiveOrder(ratelimit.DirectiveIP, httpcaddyfile.Before, "push")
+	httpcaddyfile.RegisterHandlerDirective("api_auth", parse[apiauth.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_auth", httpcaddyfile.Before, "push")
-	httpcaddyfile.RegisterHandlerDirective("api_rate_limit", ratelimit.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("api_rate_limit", parse[ratelimit.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit", httpcaddyfile.Before, "push")
 
 	// api_etag hashes what the backend sent, so it sits inside encode (which
 	// then suffixes the ETag per encoding) and after every access check, so
 	// that its cache never answers a request auth or a limit would refuse.
-	httpcaddyfile.RegisterHandlerDirective("api_etag", etag.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("api_etag", parse[etag.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_etag", httpcaddyfile.Before, "push")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
-	httpcaddyfile.RegisterHandlerDirective("resources", resources.ParseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("resources", parse[resources.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("resources", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// handler is a restgate handler that reads its own Caddyfile tokens.
+type handler[T any] interface {
+	*T
+	caddyfile.Unmarshaler
+	caddyhttp.MiddlewareHandler
+}
+
+// parse is the one adapter from a directive's tokens to a handler, for
+// every restgate directive.
+func parse[T any, PT handler[T]](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := PT(new(T))
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
 }

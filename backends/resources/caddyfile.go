@@ -5,17 +5,8 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 )
-
-// ParseCaddyfile sets up the handler from Caddyfile tokens.
-func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -27,6 +18,7 @@ func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		user_header   <header>
 //		scopes_header <header>
 //		admin_scope   <scope>
+//		api_key_header <header>
 //		collection <name> {
 //			key     <field>
 //			parent  <collection>
@@ -54,60 +46,51 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			seen[opt] = true
 		}
-		var err error
+		ok := true
 		switch opt {
 		case "database":
-			err = oneArg(d, &h.Database)
+			ok = d.AllArgs(&h.Database)
 		case "durability":
-			err = oneArg(d, &h.Durability)
+			ok = d.AllArgs(&h.Durability)
 		case "prefix":
-			err = oneArg(d, &h.Prefix)
+			ok = d.AllArgs(&h.Prefix)
 		case "user_header":
-			err = oneArg(d, &h.UserHeader)
+			ok = d.AllArgs(&h.UserHeader)
 		case "scopes_header":
-			err = oneArg(d, &h.ScopesHeader)
+			ok = d.AllArgs(&h.ScopesHeader)
 		case "admin_scope":
-			err = oneArg(d, &h.AdminScope)
+			ok = d.AllArgs(&h.AdminScope)
+		case "api_key_header":
+			ok = d.AllArgs(&h.APIKeyHeader)
 		case "max_body":
 			var s string
-			if err = oneArg(d, &s); err == nil {
-				size, perr := humanize.ParseBytes(s)
-				if perr != nil || size == 0 || size > 1<<30 {
-					return d.Errf("max_body: invalid size '%s'", s)
+			if ok = d.AllArgs(&s); ok {
+				size, err := humanize.ParseBytes(s)
+				if err != nil || size == 0 || size > 1<<30 {
+					return d.Errf("max_body: invalid size '%s' (use a size such as 1MiB)", s)
 				}
 				h.MaxBody = int64(size)
 			}
 		case "collection":
-			c, cerr := parseCollection(d)
-			if cerr != nil {
-				return cerr
+			c, err := parseCollection(d)
+			if err != nil {
+				return err
 			}
 			h.Collections = append(h.Collections, c)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
-		if err != nil {
-			return err
+		if !ok {
+			return d.ArgErr()
 		}
-	}
-	return nil
-}
-
-func oneArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
 	}
 	return nil
 }
 
 func parseCollection(d *caddyfile.Dispenser) (*Collection, error) {
 	c := new(Collection)
-	if err := oneArg(d, &c.Name); err != nil {
-		return nil, err
+	if !d.AllArgs(&c.Name) {
+		return nil, d.ArgErr()
 	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -120,12 +103,12 @@ func parseCollection(d *caddyfile.Dispenser) (*Collection, error) {
 		}
 		switch opt {
 		case "key":
-			if err := oneArg(d, &c.Key); err != nil {
-				return nil, err
+			if !d.AllArgs(&c.Key) {
+				return nil, d.ArgErr()
 			}
 		case "parent":
-			if err := oneArg(d, &c.Parent); err != nil {
-				return nil, err
+			if !d.AllArgs(&c.Parent) {
+				return nil, d.ArgErr()
 			}
 		case "cascade", "upsert", "owned":
 			if d.NextArg() {

@@ -192,7 +192,7 @@ func (h *Handler) openAPI() ([]byte, error) {
 			"schemas": schemas,
 			"securitySchemes": obj{
 				"bearer": obj{"type": "http", "scheme": "bearer"},
-				"apiKey": obj{"type": "apiKey", "in": "header", "name": "X-API-Key"},
+				"apiKey": obj{"type": "apiKey", "in": "header", "name": h.APIKeyHeader},
 			},
 		},
 		"security": []any{obj{"bearer": []string{}}, obj{"apiKey": []string{}}},

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -61,6 +62,11 @@ type Handler struct {
 
 	// The header that names the authenticated user. Default: `X-Auth-User`.
 	UserHeader string `json:"user_header,omitempty"`
+
+	// The header the gateway's api_auth accepts API keys in, as the
+	// OpenAPI document describes it. Default: `X-API-Key` (api_auth's
+	// default); set it to api_auth's `header` if that is changed.
+	APIKeyHeader string `json:"api_key_header,omitempty"`
 
 	// The header that lists the user's scopes, separated by spaces or
 	// commas. Default: `X-Auth-Scopes`.
@@ -116,10 +122,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.MaxBody = defaultMaxBody
 	}
 	if h.UserHeader == "" {
-		h.UserHeader = "X-Auth-User"
+		h.UserHeader = identity.UserHeader
 	}
 	if h.ScopesHeader == "" {
-		h.ScopesHeader = "X-Auth-Scopes"
+		h.ScopesHeader = identity.ScopesHeader
+	}
+	if h.APIKeyHeader == "" {
+		h.APIKeyHeader = identity.KeyHeader
 	}
 	if h.AdminScope == "" {
 		h.AdminScope = "admin"

@@ -88,14 +88,16 @@ func clean(p string) bool {
 
 // Host is the canonical form of r's Host: lower case, no trailing dot, no
 // default port for the scheme r arrived on.
-func Host(r *http.Request) string {
-	h := r.Host
+func Host(r *http.Request) string { return HostOf(r.Host, r.TLS != nil) }
+
+// HostOf is the canonical form of a host[:port] reached over TLS or not.
+func HostOf(h string, tls bool) string {
 	host, port, err := net.SplitHostPort(h)
 	if err != nil {
 		host, port = h, ""
 	}
 	lower := strings.ToLower(strings.TrimSuffix(host, "."))
-	if (port == "443" && r.TLS != nil) || (port == "80" && r.TLS == nil) {
+	if (port == "443" && tls) || (port == "80" && !tls) {
 		port = ""
 	}
 	switch {

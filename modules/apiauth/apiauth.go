@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -122,16 +123,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.now = time.Now
 	}
 	if h.Header == "" {
-		h.Header = "X-API-Key"
+		h.Header = identity.KeyHeader
 	}
 	if h.Realm == "" {
 		h.Realm = "restgate"
 	}
 	if h.UserHeader == "" {
-		h.UserHeader = "X-Auth-User"
+		h.UserHeader = identity.UserHeader
 	}
 	if h.ScopesHeader == "" {
-		h.ScopesHeader = "X-Auth-Scopes"
+		h.ScopesHeader = identity.ScopesHeader
 	}
 	if h.ReloadInterval == 0 {
 		h.ReloadInterval = caddy.Duration(time.Second)

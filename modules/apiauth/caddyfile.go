@@ -5,16 +5,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
-
-// ParseCaddyfile sets up the handler from Caddyfile tokens.
-func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -46,52 +37,48 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			seen[opt] = true
 		}
-		args := d.RemainingArgs()
-		one := func(dst *string) error {
-			if len(args) != 1 {
-				return d.ArgErr()
-			}
-			*dst = args[0]
-			return nil
-		}
-		flag := func(dst *bool) error {
-			if len(args) != 0 {
-				return d.ArgErr()
-			}
-			*dst = true
-			return nil
-		}
-		var err error
+		var ok bool
 		switch opt {
 		case "keys_file":
-			err = one(&h.KeysFile)
+			ok = d.AllArgs(&h.KeysFile)
 		case "header":
-			err = one(&h.Header)
+			ok = d.AllArgs(&h.Header)
 		case "realm":
-			err = one(&h.Realm)
+			ok = d.AllArgs(&h.Realm)
 		case "user_header":
-			err = one(&h.UserHeader)
+			ok = d.AllArgs(&h.UserHeader)
 		case "scopes_header":
-			err = one(&h.ScopesHeader)
+			ok = d.AllArgs(&h.ScopesHeader)
 		case "no_env":
-			err = flag(&h.NoEnv)
+			ok, h.NoEnv = d.CountRemainingArgs() == 0, true
 		case "keep_credential":
-			err = flag(&h.KeepCredential)
+			ok, h.KeepCredential = d.CountRemainingArgs() == 0, true
 		case "development":
-			err = flag(&h.Development)
+			ok, h.Development = d.CountRemainingArgs() == 0, true
+		case "reload_interval":
+			var s string
+			if ok = d.AllArgs(&s); ok {
+				dur, err := caddy.ParseDuration(s)
+				if err != nil || dur <= 0 {
+					return d.Errf("reload_interval: invalid duration '%s' (use a Go duration such as 1s or 500ms)", s)
+				}
+				h.ReloadInterval = caddy.Duration(dur)
+			}
 		case "key":
+			args := d.RemainingArgs()
 			if len(args) < 2 {
 				return d.Errf("key takes a sha256, a user and optional scopes")
 			}
 			h.Keys = append(h.Keys, KeyEntry{SHA256: args[0], User: args[1], Scopes: args[2:]})
+			ok = true
 		case "anonymous":
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
+			args := d.RemainingArgs()
 			for _, m := range args {
 				h.Anonymous = append(h.Anonymous, strings.ToUpper(m))
 			}
+			ok = len(args) > 0
 		case "scope":
+			args := d.RemainingArgs()
 			if len(args) < 2 {
 				return d.Errf("scope takes a scope and the methods that need it")
 			}
@@ -105,20 +92,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.Scopes[m] = args[0]
 			}
-		case "reload_interval":
-			var s string
-			if err = one(&s); err == nil {
-				dur, perr := caddy.ParseDuration(s)
-				if perr != nil || dur <= 0 {
-					return d.Errf("reload_interval: invalid duration '%s'", s)
-				}
-				h.ReloadInterval = caddy.Duration(dur)
-			}
+			ok = true
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
-		if err != nil {
-			return err
+		if !ok {
+			return d.ArgErr()
 		}
 	}
 	return nil

@@ -10,7 +10,14 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/restgate/restgate/internal/canon"
+	"github.com/restgate/restgate/internal/identity"
 )
+
+// This file is the shared cache: who an entry may serve, what is stored
+// (RFC 9111 §3), for how long (§4.2), how it is refreshed (§4.3.4), and the
+// store that bounds it by bytes.
 
 // directives are parsed Cache-Control directives (RFC 9111 §5.2), names in
 // lower case; a directive without a value maps to "".
@@ -47,41 +54,299 @@ func (d directives) seconds(name string) (time.Duration, bool) {
 	if !ok {
 		return 0, false
 	}
+	return deltaSeconds(v)
+}
+
+// deltaSeconds reads delta-seconds (RFC 9111 §1.2.2), capped at 2^31.
+func deltaSeconds(v string) (time.Duration, bool) {
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 {
 		return 0, false
 	}
-	if n > 1<<31 {
-		n = 1 << 31
-	}
-	return time.Duration(n) * time.Second, true
+	return time.Duration(min(n, 1<<31)) * time.Second, true
+}
+
+// principal is who a response may be served to.
+type principal struct {
+	kind string // classUser, classAnon or classShared
+	// the user and the scopes of the key (a response may depend on
+	// either), for classUser
+	id string
+	// the request carries an Authorization header the gateway did not check
+	foreignAuth bool
 }
 
 // principal kinds in cache keys: a response is only ever served to the
-// kind (and user) it was stored for.
+// kind (and user and scopes) it was stored for.
 const (
 	classShared = "s" // public or s-maxage: deliberately shared (RFC 9111 §3.5)
 	classAnon   = "a" // a response to an anonymous request
-	classUser   = "u" // followed by the user id: one principal's response
+	classUser   = "u" // followed by the user and scopes: one principal's response
 )
 
-// entry is one stored response.
+func principalOf(r *http.Request) principal {
+	p := principal{kind: classAnon, foreignAuth: identity.ForeignAuthorization(r)}
+	if user, scopes := identity.Principal(r); user != "" {
+		p.kind, p.id = classUser, user+"\x00"+scopes
+	}
+	return p
+}
+
+func (p principal) authenticated() bool { return p.kind == classUser }
+
+// cacheKey names one stored response: the canonical resource, the query
+// and the principal.
+func cacheKey(r *http.Request, p principal) string {
+	return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.id
+}
+
+// lookup finds an entry for r: one stored for this principal, else a
+// deliberately shared one. A request with a credential the gateway did not
+// check is answered only from shared entries (RFC 9111 §3.5).
+func (h *Handler) lookup(r *http.Request, p principal) *entry {
+	candidates := [...]principal{p, {kind: classShared}}
+	from := 0
+	if p.foreignAuth {
+		from = 1
+	}
+	for _, c := range candidates[from:] {
+		if e := h.store.get(cacheKey(r, c)); e != nil && e.varyMatches(r) {
+			return e
+		}
+	}
+	return nil
+}
+
+// Whether a stored entry may answer.
+const (
+	useFresh         = iota
+	useStale         // it must be revalidated: it is stale
+	useClientRefused // it must be revalidated: the client asked (no-cache, max-age)
+)
+
+// usable says whether e may answer without contacting the backend.
+func (h *Handler) usable(e *entry, reqCC directives) int {
+	if reqCC.has("no-cache") {
+		return useClientRefused
+	}
+	age := e.age(h.now())
+	if maxAge, ok := reqCC.seconds("max-age"); ok && age > maxAge {
+		return useClientRefused
+	}
+	if age < e.freshFor {
+		return useFresh
+	}
+	return useStale
+}
+
+// maybeStore stores a response if RFC 9111 §3 allows it, and says whether
+// it did. requested and received are when the request went upstream and
+// the response came back (for the age, §4.2.3).
+func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr http.Header, body []byte,
+	etag string, generated bool, lastMod, requested, received time.Time) bool {
+	if status != http.StatusOK || len(hdr["Set-Cookie"]) > 0 {
+		return false
+	}
+	respCC := parseCacheControl(hdr)
+	if respCC.has("no-store") || respCC.has("private") {
+		return false
+	}
+	// §3.5: a response to a request with a credential the gateway did not
+	// check is stored only when the backend explicitly allows a shared
+	// cache to reuse it, and then it is shared
+	explicitlyShared := respCC.has("public") || respCC.has("s-maxage")
+	if who.foreignAuth && !explicitlyShared && !respCC.has("must-revalidate") {
+		return false
+	}
+	var vary []string
+	for _, line := range hdr["Vary"] {
+		for _, name := range strings.Split(line, ",") {
+			name = textproto.TrimString(name)
+			if name == "*" {
+				return false
+			}
+			if name != "" {
+				vary = append(vary, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	freshFor, ok := h.freshness(respCC, hdr, received)
+	if !ok {
+		return false
+	}
+	owner := who
+	if explicitlyShared || who.foreignAuth {
+		owner = principal{kind: classShared}
+	}
+	e := &entry{
+		key: cacheKey(r, owner), pathKey: canon.Key(r),
+		status: status, header: storedHeader(hdr), body: append([]byte(nil), body...),
+		etag: etag, generated: generated, lastModified: lastMod,
+		stored: received, initialAge: initialAge(hdr, requested, received), freshFor: freshFor, vary: vary,
+	}
+	e.header["Content-Length"] = []string{strconv.Itoa(len(body))}
+	for _, name := range vary {
+		e.varyValues = append(e.varyValues, strings.Join(r.Header.Values(name), ","))
+	}
+	e.size = e.footprint()
+	h.store.put(e)
+	return true
+}
+
+// freshness is how long a response stays fresh (RFC 9111 §4.2.1), and
+// whether it may be stored at all.
+func (h *Handler) freshness(respCC directives, hdr http.Header, received time.Time) (time.Duration, bool) {
+	if respCC.has("no-cache") {
+		return 0, true // stored, but every use revalidates
+	}
+	if d, ok := respCC.seconds("s-maxage"); ok {
+		return d, true
+	}
+	if d, ok := respCC.seconds("max-age"); ok {
+		return d, true
+	}
+	if exp := hdr["Expires"]; len(exp) > 0 {
+		// §5.3: an invalid Expires (or several) means already expired
+		t, ok := parseHTTPDate(exp)
+		if !ok {
+			return 0, true
+		}
+		date, ok := parseHTTPDate(hdr["Date"])
+		if !ok {
+			date = received
+		}
+		return max(t.Sub(date), 0), true
+	}
+	if h.Cache.DefaultTTL > 0 {
+		return time.Duration(h.Cache.DefaultTTL), true
+	}
+	return 0, false
+}
+
+// initialAge is corrected_initial_age (RFC 9111 §4.2.3): the larger of the
+// apparent age (received − Date) and the Age the response came with plus
+// the time it took to arrive.
+func initialAge(hdr http.Header, requested, received time.Time) time.Duration {
+	var apparent time.Duration
+	if date, ok := parseHTTPDate(hdr["Date"]); ok {
+		apparent = max(received.Sub(date), 0)
+	}
+	corrected := max(received.Sub(requested), 0)
+	if age, ok := ageValue(hdr); ok {
+		corrected += age
+	}
+	return max(apparent, corrected)
+}
+
+// ageValue reads Age; a list (`7200, 0`) is read by its first member
+// (§5.1).
+func ageValue(hdr http.Header) (time.Duration, bool) {
+	v := hdr["Age"]
+	if len(v) == 0 {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(v[0], ",")
+	return deltaSeconds(textproto.TrimString(first))
+}
+
+// refresh returns the entry that a 304 makes of a stored one (RFC 9111
+// §3.2, §4.3.4): every header field the 304 carries replaces the stored
+// one, but for those never stored and Content-Length. The stored entry is
+// never changed in place (other requests are reading it).
+func (h *Handler) refresh(e *entry, hdr http.Header, requested, received time.Time) *entry {
+	fresh := e.header.Clone()
+	for k, v := range hdr {
+		if k == "Content-Length" || !storable(k) {
+			continue
+		}
+		fresh[k] = slices.Clip(slices.Clone(v))
+	}
+	cp := *e
+	cp.header, cp.stored, cp.initialAge = fresh, received, initialAge(hdr, requested, received)
+	if et := fresh.Get("Etag"); et != "" && !e.generated {
+		cp.etag = et
+	}
+	cp.lastModified = parseHTTPTime(fresh["Last-Modified"])
+	if freshFor, ok := h.freshness(parseCacheControl(fresh), fresh, received); ok {
+		cp.freshFor = freshFor
+	}
+	cp.size = cp.footprint()
+	h.store.put(&cp)
+	return &cp
+}
+
+// parseHTTPDate reads an HTTP-date (RFC 9110 §5.6.7) strictly: one field
+// line in exactly one of the three formats. Go's http.ParseTime accepts
+// more (two spaces, one-digit hours), which §5.3 asks caches to treat as
+// invalid.
+func parseHTTPDate(v []string) (time.Time, bool) {
+	if len(v) != 1 {
+		return time.Time{}, false
+	}
+	s := v[0]
+	for _, layout := range httpDateLayouts {
+		if t, err := time.Parse(layout, s); err == nil && t.Format(layout) == s {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+var httpDateLayouts = []string{
+	"Mon, 02 Jan 2006 15:04:05 GMT",  // IMF-fixdate
+	"Monday, 02-Jan-06 15:04:05 GMT", // obsolete RFC 850
+	"Mon Jan _2 15:04:05 2006",       // obsolete asctime
+}
+
+// parseHTTPTime reads a date header's first value leniently (validators
+// only); zero if absent or invalid.
+func parseHTTPTime(v []string) time.Time {
+	if len(v) == 0 || v[0] == "" {
+		return time.Time{}
+	}
+	t, _ := http.ParseTime(v[0])
+	return t
+}
+
+// entry is one stored response. It is never changed once stored.
 type entry struct {
 	key, pathKey string
 	status       int
-	header       http.Header // without hop-by-hop and per-request fields
+	header       http.Header // as received, without the fields never stored
 	body         []byte
 	etag         string
 	generated    bool // the gateway made the ETag; the backend knows nothing of it
 	lastModified time.Time
-	stored       time.Time // when it was received
-	initialAge   time.Duration
+	stored       time.Time     // response_time
+	initialAge   time.Duration // corrected_initial_age
 	freshFor     time.Duration
 	vary         []string // canonical request header names
 	varyValues   []string
 	size         int64
 }
 
+// entryOverhead is what an entry costs beyond its strings and body: the
+// struct, its header map, the LRU's list element and map slot, and the
+// path index's slots, measured with the heap profile (see TestCacheMemory).
+const entryOverhead = 1024
+
+// footprint is the bytes an entry holds, all told: what the byte bound
+// counts.
+func (e *entry) footprint() int64 {
+	n := int64(len(e.body) + 3*len(e.key) + 2*len(e.pathKey) + len(e.etag) + entryOverhead)
+	for k, v := range e.header {
+		n += int64(len(k)) + 48
+		for _, s := range v {
+			n += int64(len(s)) + 16
+		}
+	}
+	for i := range e.vary {
+		n += int64(len(e.vary[i]) + len(e.varyValues[i]) + 32)
+	}
+	return n
+}
+
+// age is current_age (RFC 9111 §4.2.3).
 func (e *entry) age(now time.Time) time.Duration {
 	return e.initialAge + max(now.Sub(e.stored), 0)
 }
@@ -96,10 +361,10 @@ func (e *entry) varyMatches(r *http.Request) bool {
 	return true
 }
 
-// store is an in-memory cache bounded by the total bytes of its entries:
-// a golang-lru/v2 LRU does the recency bookkeeping, and the oldest entries
-// are dropped until the total fits. An index by host and path finds every
-// entry (all queries, all principals) to invalidate for a URI.
+// store is an in-memory cache bounded by the total footprint of its
+// entries: a golang-lru/v2 LRU does the recency bookkeeping, and the oldest
+// entries are dropped until the total fits. An index by resource finds
+// every entry (all queries, all principals) to invalidate.
 type store struct {
 	mu       sync.Mutex
 	entries  *lru.Cache[string, *entry]
@@ -157,7 +422,7 @@ func (s *store) put(e *entry) {
 	}
 }
 
-// invalidate drops every entry for host+path: all queries, all principals.
+// invalidate drops every entry for a resource: all queries, all principals.
 func (s *store) invalidate(pathKey string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -172,17 +437,25 @@ func (s *store) len() int {
 	return s.entries.Len()
 }
 
-// hopByHop and per-request fields are not stored with a response.
+// notStored are the fields a stored response does not keep (RFC 9111 §3.1:
+// hop-by-hop fields), and those the gateway's own modules set on every
+// response, which belong to the request that is being answered.
 var notStored = []string{
 	"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer",
-	"Set-Cookie", "Age", "Date", "X-Request-Id", "Ratelimit", "Ratelimit-Policy", "Retry-After",
-	"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "Cache-Status", "Alt-Svc", "Server",
+	"Proxy-Authenticate", "Proxy-Authentication-Info",
+	"Set-Cookie", "Age", "X-Request-Id", "Ratelimit", "Ratelimit-Policy", "Retry-After",
+	"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "Alt-Svc", "Server",
+	"Strict-Transport-Security",
+}
+
+func storable(name string) bool {
+	return !slices.Contains(notStored, name) && !strings.HasPrefix(name, "Access-Control-")
 }
 
 func storedHeader(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for k, v := range h {
-		if !slices.Contains(notStored, k) {
+		if storable(k) {
 			out[k] = slices.Clip(slices.Clone(v))
 		}
 	}

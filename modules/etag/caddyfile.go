@@ -3,23 +3,16 @@ package etag
 import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 )
-
-// ParseCaddyfile sets up the handler from Caddyfile tokens.
-func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	api_etag [<matcher>] {
 //		max_body         <size>
 //		require_if_match <paths...>
+//		lock_timeout     <duration>
 //		cache {
 //			max_size    <size>
 //			default_ttl <duration>
@@ -45,45 +38,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.MaxBody = int(n)
 		case "require_if_match":
-			paths := d.RemainingArgs()
-			if len(paths) == 0 {
+			if d.CountRemainingArgs() == 0 {
 				return d.ArgErr()
 			}
-			h.RequireIfMatch = caddyhttp.MatchPath(paths)
+			h.RequireIfMatch = caddyhttp.MatchPath(d.RemainingArgs())
+		case "lock_timeout":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.LockTimeout = dur
 		case "cache":
-			h.Cache = new(CacheConfig)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			cseen := map[string]bool{}
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				copt := d.Val()
-				if cseen[copt] {
-					return d.Errf("cache: %s already specified", copt)
-				}
-				cseen[copt] = true
-				switch copt {
-				case "max_size":
-					n, err := sizeArg(d)
-					if err != nil {
-						return err
-					}
-					h.Cache.MaxSize = n
-				case "default_ttl":
-					if !d.NextArg() {
-						return d.ArgErr()
-					}
-					dur, err := caddy.ParseDuration(d.Val())
-					if err != nil || dur < 0 {
-						return d.Errf("cache: invalid default_ttl '%s'", d.Val())
-					}
-					h.Cache.DefaultTTL = caddy.Duration(dur)
-					if d.NextArg() {
-						return d.ArgErr()
-					}
-				default:
-					return d.Errf("cache: unrecognized option '%s'", copt)
-				}
+			if err := h.unmarshalCache(d); err != nil {
+				return err
 			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
@@ -92,18 +59,61 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func sizeArg(d *caddyfile.Dispenser) (int64, error) {
-	if !d.NextArg() {
-		return 0, d.ArgErr()
-	}
-	n, err := humanize.ParseBytes(d.Val())
-	if err != nil || n == 0 || n > 1<<34 {
-		return 0, d.Errf("invalid size '%s'", d.Val())
-	}
+func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {
+	h.Cache = new(CacheConfig)
 	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("cache: %s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "max_size":
+			n, err := sizeArg(d)
+			if err != nil {
+				return err
+			}
+			h.Cache.MaxSize = n
+		case "default_ttl":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.Cache.DefaultTTL = dur
+		default:
+			return d.Errf("cache: unrecognized option '%s'", opt)
+		}
+	}
+	return nil
+}
+
+func sizeArg(d *caddyfile.Dispenser) (int64, error) {
+	var v string
+	if !d.AllArgs(&v) {
 		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > 1<<34 {
+		return 0, d.Errf("%s: invalid size '%s' (use a size such as 512KiB or 64MiB)", d.Val(), v)
 	}
 	return int64(n), nil
+}
+
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	opt := d.Val()
+	var v string
+	if !d.AllArgs(&v) {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur < 0 {
+		return 0, d.Errf("%s: invalid duration '%s' (use a duration such as 30s or 5m)", opt, v)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // Interface guard

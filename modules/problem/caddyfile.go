@@ -4,17 +4,8 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 )
-
-// ParseCaddyfile sets up the handler from Caddyfile tokens.
-func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -36,20 +27,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if h.TypeBase != "" {
 				return d.Errf("%s already specified", opt)
 			}
-			if !d.NextArg() {
+			if !d.AllArgs(&h.TypeBase) {
 				return d.ArgErr()
 			}
-			h.TypeBase = d.Val()
 		case "max_error_body":
 			if h.MaxErrorBody != 0 {
 				return d.Errf("%s already specified", opt)
 			}
-			if !d.NextArg() {
+			var v string
+			if !d.AllArgs(&v) {
 				return d.ArgErr()
 			}
-			size, err := humanize.ParseBytes(d.Val())
+			size, err := humanize.ParseBytes(v)
 			if err != nil || size == 0 || size > 16<<20 {
-				return d.Errf("%s: invalid size '%s' (1 B to 16 MiB)", opt, d.Val())
+				return d.Errf("%s: invalid size '%s' (1 B to 16 MiB, such as 64KiB)", opt, v)
 			}
 			h.MaxErrorBody = int(size)
 		case "title", "detail":
@@ -73,9 +64,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Statuses[args[0]] = o
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
-		}
-		if d.NextArg() {
-			return d.ArgErr()
 		}
 	}
 	return nil

@@ -6,37 +6,18 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// ParseCaddyfile sets up `api_rate_limit`: zones after api_auth, keyed by
-// default on the authenticated user (else the client IP).
-func ParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
+// DirectiveIP is the Caddyfile directive for zones before api_auth.
+const DirectiveIP = "api_rate_limit_ip"
 
-// ParseCaddyfileIP sets up `api_rate_limit_ip`: zones before api_auth, keyed
-// by default on the client IP, whose admitted requests a later
-// api_rate_limit refunds if it refuses them.
-func ParseCaddyfileIP(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := &Handler{ShareRefunds: true}
-	if err := m.UnmarshalCaddyfile(h.Dispenser); err != nil {
-		return nil, err
-	}
-	for _, z := range m.Zones {
-		if z.Key == "" {
-			z.Key = "{client_ip}"
-		}
-	}
-	return m, nil
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Two
+// directives share the syntax: `api_rate_limit`, after api_auth, keyed by
+// default on the authenticated user (else the client IP); and
+// `api_rate_limit_ip`, before api_auth, keyed by default on the client IP,
+// whose admitted requests a later api_rate_limit refunds if it refuses them.
 //
-//	api_rate_limit [<matcher>] {
+//	api_rate_limit|api_rate_limit_ip [<matcher>] {
 //		zone <name> [<events>/<window>] {
 //			key         <placeholder template>
 //			rate        <events>/<window>
@@ -52,6 +33,8 @@ func ParseCaddyfileIP(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, erro
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
+	perIP := d.Val() == DirectiveIP
+	h.ShareRefunds = h.ShareRefunds || perIP
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -70,20 +53,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			if perIP && z.Key == "" {
+				z.Key = "{client_ip}"
+			}
 			h.Zones = append(h.Zones, z)
 		case "mode":
-			if !d.NextArg() {
+			if !d.AllArgs(&h.Mode) {
 				return d.ArgErr()
 			}
-			h.Mode = d.Val()
 			if h.Mode != ModeEnforce && h.Mode != ModeReportOnly {
 				return d.Errf("mode must be %s or %s", ModeEnforce, ModeReportOnly)
 			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
 		case "legacy_headers", "log_key":
-			if d.NextArg() {
+			if d.CountRemainingArgs() != 0 {
 				return d.ArgErr()
 			}
 			if opt == "log_key" {
@@ -176,14 +158,14 @@ func parseRateValue(d *caddyfile.Dispenser, z *Zone, v string) error {
 	ev, win, ok := strings.Cut(v, "/")
 	n, err := strconv.Atoi(ev)
 	if !ok || err != nil || n < 1 {
-		return d.Errf("zone %s: rate '%s': want <events>/<window>, e.g. 100/1m", z.Name, v)
+		return d.Errf("zone %s: rate '%s': use <n>/<duration> such as 600/1m or 10/s", z.Name, v)
 	}
 	if win == "" || win[0] < '0' || win[0] > '9' {
 		win = "1" + win // 10/s means 10/1s
 	}
 	dur, err := caddy.ParseDuration(win)
 	if err != nil || dur <= 0 {
-		return d.Errf("zone %s: rate '%s': invalid window", z.Name, v)
+		return d.Errf("zone %s: rate '%s': invalid window; use <n>/<duration> such as 600/1m or 10/s", z.Name, v)
 	}
 	z.Events, z.Window = n, caddy.Duration(dur)
 	return nil

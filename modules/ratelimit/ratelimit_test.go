@@ -16,7 +16,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dunglas/httpsfv"
 	"go.uber.org/zap"
@@ -50,19 +49,12 @@ var zoneSeq int
 // Each zone gets a unique name so tests never share pooled state.
 func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *fakeClock) {
 	t.Helper()
-	d := caddyfile.NewTestDispenser(cfg)
-	var h *Handler
-	if ip {
-		m, err := ParseCaddyfileIP(httpcaddyfileHelper(d))
-		if err != nil {
-			t.Fatal(err)
-		}
-		h = m.(*Handler)
-	} else {
-		h = new(Handler)
-		if err := h.UnmarshalCaddyfile(d); err != nil {
-			t.Fatal(err)
-		}
+	h := new(Handler)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if h.ShareRefunds != ip {
+		t.Fatalf("%q: ShareRefunds = %v, want %v", cfg, h.ShareRefunds, ip)
 	}
 	clock := &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
 	h.now = clock.now
@@ -517,8 +509,4 @@ func BenchmarkHeaders(b *testing.B) {
 		clear(hdr)
 		h.setHeaders(hdr, zones, decided)
 	}
-}
-
-func httpcaddyfileHelper(d *caddyfile.Dispenser) httpcaddyfile.Helper {
-	return httpcaddyfile.Helper{Dispenser: d}
 }
