@@ -32,8 +32,9 @@ test: build ## every unit, golden-adapt and integration test; a skipped test fai
 bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~15 min)
 	$(GO) run ./bench -bin $(BIN) -out BENCHMARKS.md
 
-lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod)
+lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod), a tidy go.mod
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) mod tidy -diff || { echo "go.mod is not tidy: run go mod tidy"; exit 1; }
 	$(GO) vet ./...
 	$(TOOL) staticcheck ./...
 

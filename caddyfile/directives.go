@@ -25,6 +25,7 @@ import (
 	"github.com/restgate/restgate/modules/etag"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/ratelimit"
+	_ "github.com/restgate/restgate/modules/redactlog"
 )
 
 func init() {

@@ -3,6 +3,10 @@ package tests
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,5 +258,118 @@ func TestAPIKeyCommand(t *testing.T) {
 	}
 	if out, err := exec.Command(binary, "api-key").CombinedOutput(); err == nil {
 		t.Errorf("api-key without --user succeeded:\n%s", out)
+	}
+}
+
+// TestConcurrentAPIKeyMints: thirty `restgate api-key --out` runs on one
+// file at once; every key they report as stored is in the file.
+func TestConcurrentAPIKeyMints(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "keys.yaml")
+	const n = 30
+	var wg sync.WaitGroup
+	users := make(chan string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := fmt.Sprintf("minted%02d", i)
+			if out, err := exec.Command(binary, "api-key", "--user", user, "--out", file).CombinedOutput(); err != nil {
+				t.Errorf("api-key %s: %v\n%s", user, err, out)
+				return
+			}
+			users <- user
+		}()
+	}
+	wg.Wait()
+	close(users)
+	content, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for user := range users {
+		stored++
+		if !strings.Contains(string(content), "user: "+user+"\n") {
+			t.Errorf("%s was reported stored but is not in the file", user)
+		}
+	}
+	if stored != n {
+		t.Errorf("%d of %d runs succeeded", stored, n)
+	}
+}
+
+// echoBackend answers with the identity it received, in headers and in
+// trailers, after reading the whole body.
+func echoBackend(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "user=[%s] scopes=[%s] trailer-user=[%s] trailer-scopes=[%s]",
+			r.Header.Get("X-Auth-User"), r.Header.Get("X-Auth-Scopes"), r.Trailer.Get("X-Auth-User"), r.Trailer.Get("X-Auth-Scopes"))
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestIdentityCannotBeSpoofed: whatever a client sends, the backend sees
+// the identity the gateway set, or none: not through a Connection
+// nomination that would strip the gateway's header, not as a trailer, and
+// not on a public route that has no api_auth.
+func TestIdentityCannotBeSpoofed(t *testing.T) {
+	cfg := testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	tls internal
+	api_errors
+	handle /public/* {
+		reverse_proxy ` + echoBackend(t) + `
+	}
+	handle {
+		api_auth {
+			keys_file {$RESTGATE_DATA}/api-keys.yaml
+		}
+		reverse_proxy ` + echoBackend(t) + `
+	}
+}
+`
+	g := StartGateway(t, cfg, Options{})
+	c := g.ClientHTTP1()
+	const alice = "user=[alice] scopes=[read write] trailer-user=[] trailer-scopes=[]"
+	const nobody = "user=[] scopes=[] trailer-user=[] trailer-scopes=[]"
+	for _, tt := range []struct {
+		name, path string
+		headers    []string
+		want       string
+	}{
+		{"Connection nominates the identity header", "/v1/x", append(bearer("alice"), "Connection", "X-Auth-User, X-Auth-Scopes"), alice},
+		{"Connection nominates it in lower case", "/v1/x", append(bearer("alice"), "Connection", "keep-alive, x-auth-user"), alice},
+		{"public route, spoofed headers", "/public/x", []string{"X-Auth-User", "root", "X-Auth-Scopes", "admin"}, nobody},
+		{"public route, spoofed and nominated", "/public/x", []string{"X-Auth-User", "root", "Connection", "X-Auth-User"}, nobody},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Do(t, c, "POST", g.URL(tt.path), "{}", tt.headers...)
+			if r.StatusCode != 200 || string(r.Body) != tt.want {
+				t.Errorf("backend saw %d %q, want %q", r.StatusCode, r.Body, tt.want)
+			}
+		})
+	}
+	// identity sent as a request trailer, declared or not
+	for _, declared := range []bool{true, false} {
+		for _, path := range []string{"/v1/x", "/public/x"} {
+			req, _ := http.NewRequest("POST", g.URL(path), io.MultiReader(strings.NewReader(`{"a":`), strings.NewReader(`1}`)))
+			req.ContentLength = -1 // chunked, so trailers can follow
+			req.Trailer = http.Header{"X-Auth-User": {"root"}, "X-Auth-Scopes": {"admin"}}
+			if !declared {
+				req.Trailer = http.Header{}
+			}
+			req.Header["Authorization"] = []string{bearer("alice")[1]}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), "root") || strings.Contains(string(body), "admin") {
+				t.Errorf("trailer on %s (declared %v): the backend saw %q", path, declared, body)
+			}
+		}
 	}
 }

@@ -255,6 +255,16 @@ func (g *Gateway) Client() *http.Client {
 	}
 }
 
+// ClientHTTP1 is Client speaking HTTP/1.1 only, for what HTTP/2 forbids
+// (Connection nominations, undeclared trailers).
+func (g *Gateway) ClientHTTP1() *http.Client {
+	c := g.Client()
+	tr := c.Transport.(*http.Transport)
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	return c
+}
+
 // URL is the gateway's API base URL for a path.
 func (g *Gateway) URL(path string) string {
 	return fmt.Sprintf("https://api.localhost:%d%s", g.HTTPS, path)

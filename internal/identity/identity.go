@@ -6,6 +6,11 @@ package identity
 
 import (
 	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -62,4 +67,95 @@ func Principal(r *http.Request) (user, scopes string) {
 		scopes, _ = repl.GetString(ScopesPlaceholder)
 	}
 	return user, scopes
+}
+
+// protected are the header names a client may never set, nominate as
+// hop-by-hop, or send as a trailer: the identity headers (the defaults and
+// every name an api_auth was configured with) and the headers the gateway
+// and its proxy set themselves.
+var (
+	protectMu sync.Mutex
+	protected atomic.Pointer[[]string] // canonical names; replaced whole, read without a lock
+)
+
+func init() {
+	Protect(UserHeader, ScopesHeader, "X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto",
+		"X-Forwarded-Host", "Forwarded", "Via")
+}
+
+// Protect adds header names to the protected set. api_auth calls it for
+// the identity headers it is configured with; names are never removed
+// (protecting a name no longer used costs nothing).
+func Protect(names ...string) {
+	protectMu.Lock()
+	defer protectMu.Unlock()
+	var next []string
+	if cur := protected.Load(); cur != nil {
+		next = slices.Clone(*cur)
+	}
+	for _, n := range names {
+		if n = http.CanonicalHeaderKey(n); !slices.Contains(next, n) {
+			next = append(next, n)
+		}
+	}
+	protected.Store(&next)
+}
+
+func isProtected(name string) bool {
+	return slices.Contains(*protected.Load(), http.CanonicalHeaderKey(textproto.TrimString(name)))
+}
+
+// isIdentity reports whether a protected name is one a client might use to
+// claim an identity (every protected name but those the proxy sets from
+// the connection itself).
+func isIdentity(name string) bool {
+	switch name {
+	case "X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "Via":
+		return false
+	}
+	return true
+}
+
+// Scrub makes sure nothing a client sends can speak for the gateway,
+// whatever route the request takes (with api_auth or public): it removes
+// client-sent identity headers, removes protected names from Connection
+// (which would make the proxy strip the gateway's own identity headers as
+// hop-by-hop), and returns a body wrapper that removes protected trailers
+// before the proxy forwards them.
+func Scrub(r *http.Request) {
+	for _, name := range *protected.Load() {
+		if isIdentity(name) {
+			delete(r.Header, name)
+		}
+	}
+	if conn := r.Header["Connection"]; len(conn) > 0 {
+		var kept []string
+		for _, line := range conn {
+			for _, tok := range strings.Split(line, ",") {
+				if tok = textproto.TrimString(tok); tok != "" && !isProtected(tok) {
+					kept = append(kept, tok)
+				}
+			}
+		}
+		if len(kept) == 0 {
+			delete(r.Header, "Connection")
+		} else {
+			r.Header["Connection"] = []string{strings.Join(kept, ", ")}
+		}
+	}
+	for name := range r.Trailer { // declared trailers: never a protected one
+		if isProtected(name) {
+			delete(r.Trailer, name)
+		}
+	}
+}
+
+// ScrubTrailers removes protected names from trailers that arrived with
+// the body; call it when the body reaches EOF, before the proxy copies them.
+func ScrubTrailers(r *http.Request) {
+	for name := range r.Trailer {
+		if isProtected(name) {
+			delete(r.Trailer, name)
+		}
+	}
 }

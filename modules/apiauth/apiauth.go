@@ -6,7 +6,6 @@ package apiauth
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -73,6 +73,12 @@ type Handler struct {
 	// reads). A key that is sent is still checked. Default: none.
 	Anonymous []string `json:"anonymous,omitempty"`
 
+	// Paths (Caddy path matcher syntax) that any method may reach without
+	// a key, such as the API description. A key that is sent is still
+	// checked; identity headers are never forwarded without one.
+	// Default: none.
+	Public caddyhttp.MatchPath `json:"public,omitempty"`
+
 	// The scope each method needs. Default: `read` for GET, HEAD and
 	// OPTIONS, `write` for every other method.
 	Scopes map[string]string `json:"scopes,omitempty"`
@@ -94,7 +100,7 @@ type Handler struct {
 
 	keys         *atomic.Pointer[keySet] // swapped whole on reload
 	files        []string
-	fileSums     map[string][sha256.Size]byte
+	fileStates   map[string]fileState // what each key file held when last read (the watcher's only)
 	anonymous    map[string]bool
 	challenge    string
 	challengeBad string
@@ -104,7 +110,13 @@ type Handler struct {
 	now          func() time.Time
 	logger       *zap.Logger
 	audit        *zap.Logger
-	onReload     func(error) // tests: called after each reload attempt
+}
+
+// fileState is what a key file held when it was last read: the hash of
+// exactly the bytes that were parsed, or that it was missing.
+type fileState struct {
+	sum     [sha256.Size]byte
+	missing bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -140,8 +152,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.keyHeader = http.CanonicalHeaderKey(h.Header)
 	h.userHeader = http.CanonicalHeaderKey(h.UserHeader)
 	h.scopesHeader = http.CanonicalHeaderKey(h.ScopesHeader)
+	identity.Protect(h.userHeader, h.scopesHeader)
 	h.challenge = fmt.Sprintf(`Bearer realm=%q`, h.Realm)
 	h.challengeBad = h.challenge + `, error="invalid_token"`
+	if len(h.Public) > 0 {
+		if err := h.Public.Provision(ctx); err != nil {
+			return err
+		}
+	}
 	h.anonymous = make(map[string]bool, len(h.Anonymous))
 	for _, m := range h.Anonymous {
 		h.anonymous[strings.ToUpper(m)] = true
@@ -159,11 +177,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if f := os.Getenv(EnvAPIKeyFile); f != "" && !h.NoEnv {
 		h.files = append(h.files, f)
 	}
-	h.fileSums = make(map[string][sha256.Size]byte)
 	h.keys = new(atomic.Pointer[keySet])
-	ks, err := h.load()
+	ks, states, err := h.load(nil)
 	if err != nil {
 		return err
+	}
+	h.fileStates = states
+	for f, st := range states {
+		if st.missing {
+			h.logger.Warn("key file does not exist yet; watching for it", zap.String("file", f))
+		}
 	}
 	h.keys.Store(ks)
 	switch {
@@ -174,44 +197,59 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	case len(ks.byHash) == 0:
 		h.logger.Warn("DEVELOPMENT: api_auth has no keys; every request that needs a key is refused until one is added")
 	}
-	if len(h.files) > 0 {
+	if len(h.files) > 0 && h.ReloadInterval > 0 {
 		go h.watch(ctx)
 	}
+	live.Store(h, struct{}{})
 	return nil
 }
 
 // load reads every source; later sources win: inline keys, the key file,
-// the env key file, the env key.
-func (h *Handler) load() (*keySet, error) {
+// the env key file, the env key. Each file is read once: the state it
+// returns hashes exactly the bytes that were parsed. A file that is missing
+// (or empty) while it had keys before (in prev) is an error, so that an
+// editor's delete-and-rename or truncate-then-write never drops the keys
+// for a moment; at startup a missing file is allowed (it may come later).
+func (h *Handler) load(prev map[string]fileState) (*keySet, map[string]fileState, error) {
+	states := make(map[string]fileState, len(h.files))
 	entries := slices.Clone(h.Keys)
 	for _, f := range h.files {
-		fe, plain, err := loadKeyFile(f)
+		b, err := os.ReadFile(f)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			h.logger.Warn("key file does not exist yet; watching for it", zap.String("file", f))
+			states[f] = fileState{missing: true}
+			if p, seen := prev[f]; seen && !p.missing {
+				return nil, states, fmt.Errorf("key file %s disappeared", f)
+			}
 			continue
 		case err != nil:
-			return nil, fmt.Errorf("key file: %v", err)
+			return nil, states, fmt.Errorf("key file: %v", err)
+		}
+		states[f] = fileState{sum: sha256.Sum256(b)}
+		fe, plain, err := parseKeyFile(f, b)
+		if err != nil {
+			return nil, states, err
 		}
 		if plain > 0 {
 			h.logger.Warn("key file holds plaintext keys (api_keys); they were hashed on load, but store only hashes: see `restgate api-key`",
 				zap.String("file", f), zap.Int("plaintext_keys", plain))
 		}
 		entries = append(entries, fe...)
-		h.fileSums[f] = fileSum(f)
 	}
 	if v := os.Getenv(EnvAPIKey); v != "" && !h.NoEnv {
 		ee, err := parseEnvKeys(v)
 		if err != nil {
-			return nil, err
+			return nil, states, err
 		}
 		entries = append(entries, ee...)
 	}
-	return build(entries)
+	ks, err := build(entries)
+	return ks, states, err
 }
 
 // watch reloads the keys when a key file's content changes. A file that
-// fails to load keeps the previous keys.
+// fails to load (unparsable, empty, gone) keeps the previous keys; each
+// change of state is logged once, not on every poll.
 func (h *Handler) watch(ctx context.Context) {
 	t := time.NewTicker(time.Duration(h.ReloadInterval))
 	defer t.Stop()
@@ -221,37 +259,44 @@ func (h *Handler) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		changed := false
-		for _, f := range h.files {
-			if fileSum(f) != h.fileSums[f] {
-				changed = true
-			}
-		}
-		if !changed {
-			continue
-		}
-		ks, err := h.load()
-		if err != nil {
-			h.logger.Error("reloading API keys failed; keeping the previous keys", zap.Error(err))
-			for _, f := range h.files { // do not retry until the file changes again
-				h.fileSums[f] = fileSum(f)
-			}
-		} else {
-			h.keys.Store(ks)
-			h.logger.Info("API keys reloaded", zap.Int("keys", len(ks.byHash)))
-		}
-		if h.onReload != nil {
-			h.onReload(err)
-		}
+		h.reloadIfChanged()
 	}
 }
 
-func fileSum(path string) [sha256.Size]byte {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return [sha256.Size]byte{}
+// reloadIfChanged reloads the keys if a key file changed since it was last
+// read, and says whether it tried and what failed. Only the watcher (or a
+// test in its place) calls it.
+func (h *Handler) reloadIfChanged() (tried bool, err error) {
+	if !h.changed() {
+		return false, nil
 	}
-	return sha256.Sum256(b)
+	ks, states, err := h.load(h.fileStates)
+	// the next poll compares with what was read now, good or bad: a bad
+	// file is not retried (nor logged) until it changes again
+	h.fileStates = states
+	if err != nil {
+		h.logger.Error("reloading API keys failed; keeping the previous keys", zap.Error(err))
+		return true, err
+	}
+	h.keys.Store(ks)
+	h.logger.Info("API keys reloaded", zap.Int("keys", len(ks.byHash)))
+	return true, nil
+}
+
+// changed reports whether any key file differs from what was last read.
+func (h *Handler) changed() bool {
+	for _, f := range h.files {
+		var now fileState
+		if b, err := os.ReadFile(f); err != nil {
+			now.missing = errors.Is(err, fs.ErrNotExist)
+		} else {
+			now.sum = sha256.Sum256(b)
+		}
+		if now != h.fileStates[f] {
+			return true
+		}
+	}
+	return false
 }
 
 var safeMethods = map[string]bool{http.MethodGet: true, http.MethodHead: true, http.MethodOptions: true}
@@ -268,9 +313,9 @@ func (h *Handler) scopeFor(method string) string {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	// a client never speaks for the gateway
-	delete(r.Header, h.userHeader)
-	delete(r.Header, h.scopesHeader)
+	// a client never speaks for the gateway (api_errors scrubs every
+	// request on the API host; this covers a route without it)
+	identity.Scrub(r)
 
 	// CORS preflights carry no credentials by design
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
@@ -282,7 +327,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case credConflict:
 		return problem.Error(http.StatusBadRequest, "conflicting_credentials", "the request carries two different API keys")
 	case credNone:
-		if h.anonymous[r.Method] {
+		if h.anonymous[r.Method] || (len(h.Public) > 0 && h.Public.Match(r)) {
 			return next.ServeHTTP(w, r)
 		}
 		w.Header().Set("WWW-Authenticate", h.challenge)
@@ -307,6 +352,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	r.Header[h.userHeader] = k.userHeader
 	r.Header[h.scopesHeader] = k.scopesHeader
+	if from&fromAuthorization != 0 {
+		identity.MarkAuthorizationConsumed(r)
+	}
 	if !h.KeepCredential {
 		if from&fromAuthorization != 0 {
 			delete(r.Header, "Authorization")
@@ -339,11 +387,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // lookup returns the live key for token, or nil. Every token, well formed
 // or not, is hashed and looked up the same way, so that an unknown key and a
-// malformed one take the same path and get the same answer.
+// malformed one take the same path and get the same answer. What keeps the
+// lookup from leaking a key through timing is the hash: the map is indexed
+// by SHA-256 of the token, so how far a comparison gets says nothing about
+// the token itself.
 func (h *Handler) lookup(token string) *key {
 	sum := sha256.Sum256([]byte(token))
 	k := h.keys.Load().byHash[sum]
-	if k == nil || subtle.ConstantTimeCompare(k.hash[:], sum[:]) != 1 || !wellFormed(token) {
+	if k == nil || !wellFormed(token) {
 		return nil
 	}
 	if !k.expires.IsZero() && !h.now().Before(k.expires) {
@@ -368,9 +419,38 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// live are the provisioned handlers, so that the access-log filter can
+// tell a key a client put in the wrong place from any other value.
+var live sync.Map // *Handler → struct{}
+
+// Cleanup forgets the handler's keys.
+func (h *Handler) Cleanup() error {
+	live.Delete(h)
+	return nil
+}
+
+// IsKnownKey reports whether v is an API key that a running api_auth
+// accepts (by its hash), so that it can be kept out of logs wherever it
+// was sent. Values that cannot be keys are not hashed.
+func IsKnownKey(v string) bool {
+	if len(v) < 8 || len(v) > 4096 || strings.ContainsAny(v, " \t") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(v))
+	known := false
+	live.Range(func(k, _ any) bool {
+		if ks := k.(*Handler).keys.Load(); ks != nil && ks.byHash[sum] != nil {
+			known = true
+		}
+		return !known
+	})
+	return known
+}
+
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/restgate/restgate/modules/problem"
@@ -301,14 +302,7 @@ func TestKeySources(t *testing.T) {
 	writeKeys(fmt.Sprintf("keys:\n  - user: alice\n    sha256: %s\n    scopes: [read]\napi_keys:\n  plaintoken: bob\n", hashOf("alice-key")))
 
 	t.Setenv(EnvAPIKey, "envtoken:carol,alice-key:alice-from-env")
-	reloads := make(chan error, 16)
-	h := &Handler{KeysFile: file, ReloadInterval: caddy.Duration(100 * time.Millisecond), now: func() time.Time { return testNow },
-		onReload: func(err error) { reloads <- err }}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	if err := h.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
+	h := newWatchless(t, &Handler{KeysFile: file, now: func() time.Time { return testNow }})
 	userOf := func(token string) string {
 		if k := h.lookup(token); k != nil {
 			return k.user
@@ -327,8 +321,8 @@ func TestKeySources(t *testing.T) {
 
 	// rotation: a new key works and a removed one stops, without a restart
 	writeKeys(fmt.Sprintf("keys:\n  - user: dave\n    sha256: %s\n", hashOf("dave-key")))
-	if err := <-reloads; err != nil {
-		t.Fatalf("reload: %v", err)
+	if tried, err := h.reloadIfChanged(); !tried || err != nil {
+		t.Fatalf("reload: tried %v, %v", tried, err)
 	}
 	if userOf("dave-key") != "dave" {
 		t.Error("a key added to the file does not work")
@@ -338,11 +332,83 @@ func TestKeySources(t *testing.T) {
 	}
 	// a broken file keeps the previous keys
 	writeKeys("keys: [this is: not {valid")
-	if err := <-reloads; err == nil {
+	if _, err := h.reloadIfChanged(); err == nil {
 		t.Fatal("a broken key file loaded")
 	}
 	if userOf("dave-key") != "dave" {
 		t.Error("a broken key file dropped the previous keys")
+	}
+}
+
+// newWatchless provisions h without its watcher goroutine: the test calls
+// reloadIfChanged itself, in place of the ticker.
+func newWatchless(t *testing.T, h *Handler) *Handler {
+	t.Helper()
+	h.ReloadInterval = -1
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// TestKeyFileEdits: what editors and operators do to a key file never
+// leaves the gateway without its keys, and every change is picked up.
+func TestKeyFileEdits(t *testing.T) {
+	t.Setenv(EnvAPIKey, "")
+	t.Setenv(EnvAPIKeyFile, "")
+	file := filepath.Join(t.TempDir(), "keys.yaml")
+	content := fmt.Sprintf("keys:\n  - user: alice\n    sha256: %s\n    scopes: [read]\n", hashOf("alice-key"))
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(content)
+	core, logs := observer.New(zapcore.InfoLevel)
+	h := newWatchless(t, &Handler{KeysFile: file})
+	h.logger = zap.New(core)
+	works := func() bool { return h.lookup("alice-key") != nil }
+
+	// truncate-then-write: the empty file in between keeps the keys
+	write("")
+	if _, err := h.reloadIfChanged(); err == nil || !works() {
+		t.Errorf("an empty key file: err %v, key works %v; want an error and the key kept", err, works())
+	}
+	write(content)
+	h.reloadIfChanged()
+	if !works() {
+		t.Fatal("the rewritten file's key does not work")
+	}
+	// deleted, then restored with the same content
+	failed := func() int { return logs.FilterMessage("reloading API keys failed; keeping the previous keys").Len() }
+	before := failed()
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		h.reloadIfChanged()
+	}
+	if !works() {
+		t.Error("the keys were dropped while the file was gone")
+	}
+	if n := failed() - before; n != 1 {
+		t.Errorf("a missing file was logged %d times over three polls, want once", n)
+	}
+	write(content)
+	if tried, err := h.reloadIfChanged(); !tried || err != nil || !works() {
+		t.Errorf("restored with the same content: tried %v, err %v, works %v", tried, err, works())
+	}
+	// an explicit empty list does remove every key
+	write("keys: []\n")
+	if _, err := h.reloadIfChanged(); err != nil || works() {
+		t.Errorf("keys: []: err %v, key still works %v", err, works())
+	}
+	// the state recorded is the hash of exactly what was parsed
+	if h.fileStates[file].sum != sha256.Sum256([]byte("keys: []\n")) {
+		t.Error("the recorded checksum is not that of the bytes that were parsed")
 	}
 }
 

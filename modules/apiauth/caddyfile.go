@@ -16,6 +16,7 @@ import (
 //		header          <header>
 //		realm           <realm>
 //		anonymous       <methods...>
+//		public          <paths...>
 //		scope           <scope> <methods...>
 //		user_header     <header>
 //		scopes_header   <header>
@@ -31,7 +32,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if opt != "key" && opt != "scope" {
+		if opt != "key" && opt != "scope" && opt != "public" {
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -76,6 +77,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			for _, m := range args {
 				h.Anonymous = append(h.Anonymous, strings.ToUpper(m))
 			}
+			ok = len(args) > 0
+		case "public":
+			args := d.RemainingArgs()
+			h.Public = append(h.Public, args...)
 			ok = len(args) > 0
 		case "scope":
 			args := d.RemainingArgs()

@@ -17,7 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 func init() {
@@ -103,8 +103,17 @@ func newToken() (string, error) {
 }
 
 // appendEntry adds an entry to a key file, writing a new file and renaming
-// it over the old one so that a watching gateway never reads half a file.
+// it over the old one so that a watching gateway never reads half a file,
+// under a lock so that concurrent runs never lose an entry.
 func appendEntry(path string, e KeyEntry) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	unlock, err := lockFile(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	var kf keyFile
 	b, err := os.ReadFile(path)
 	switch {
@@ -121,9 +130,6 @@ func appendEntry(path string, e KeyEntry) error {
 	kf.Keys = append(kf.Keys, e)
 	out, err := marshalKeyFile(kf)
 	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".api-keys-*")

@@ -7,12 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // KeyEntry describes one API key by the SHA-256 hash of the key; the key
@@ -71,16 +70,19 @@ type keyFile struct {
 // defaultScopes are what a plaintext key (env var or `api_keys`) gets.
 var defaultScopes = []string{"read", "write"}
 
-// loadKeyFile reads a key file; plaintext keys in it are hashed and counted.
-func loadKeyFile(path string) (entries []KeyEntry, plaintext int, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, err
+// errEmptyKeyFile is an empty key file: most often one caught between an
+// editor's truncate and its write, so it is not read as "no keys".
+var errEmptyKeyFile = errors.New("the key file is empty (to remove every key on purpose, write `keys: []`)")
+
+// parseKeyFile reads the content of a key file; plaintext keys in it are
+// hashed and counted.
+func parseKeyFile(path string, b []byte) (entries []KeyEntry, plaintext int, err error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, 0, fmt.Errorf("%s: %w", path, errEmptyKeyFile)
 	}
 	var kf keyFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	// an empty file (io.EOF) holds no keys
 	if err := dec.Decode(&kf); err != nil && !errors.Is(err, io.EOF) {
 		return nil, 0, fmt.Errorf("parsing %s: %v", path, err)
 	}

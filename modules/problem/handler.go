@@ -15,6 +15,7 @@ import (
 
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/hold"
+	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/redact"
 )
 
@@ -121,9 +122,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.write(w, r, New(http.StatusBadRequest, err.Error()))
 		return nil
 	}
+	// nothing a client sends speaks for the gateway, on any route
+	identity.Scrub(r)
 	var body *bodyReader
 	if r.Body != nil && r.Body != http.NoBody {
-		body = &bodyReader{ReadCloser: r.Body}
+		body = &bodyReader{ReadCloser: r.Body, req: r}
 		r.Body = body
 	}
 
@@ -176,15 +179,20 @@ func isClientStatus(err error) bool {
 	return errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500
 }
 
-// bodyReader remembers why reading the client's request body failed.
+// bodyReader remembers why reading the client's request body failed, and
+// at its end removes protected trailers before anything forwards them.
 type bodyReader struct {
 	io.ReadCloser
+	req *http.Request
 	err error
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF && b.err == nil {
+	switch {
+	case err == io.EOF:
+		identity.ScrubTrailers(b.req)
+	case err != nil && b.err == nil:
 		b.err = err
 	}
 	return n, err
