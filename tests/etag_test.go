@@ -19,15 +19,26 @@ import (
 // a counter with a racy read-modify-write (as many real services are), a
 // per-user document, and a collection. It listens on a free loopback port.
 type plainBackend struct {
-	mu      sync.Mutex
-	counter int
-	items   []string
-	gets    atomic.Int64
+	mu       sync.Mutex
+	counter  int
+	items    []string
+	docs     map[string]string
+	tagged   int // a resource with ETags that ignores If-Match
+	version  int
+	writes   atomic.Int64 // PUTs that changed something
+	meGets   atomic.Int64
+	itemGets atomic.Int64
+}
+
+func (b *plainBackend) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.counter
 }
 
 func startPlainBackend(t *testing.T) (*plainBackend, int) {
 	t.Helper()
-	b := &plainBackend{}
+	b := &plainBackend{docs: map[string]string{}}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,13 +66,50 @@ func (b *plainBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
 		b.counter = v.N
 		b.mu.Unlock()
+		b.writes.Add(1)
 		fmt.Fprintf(w, `{"n": %d}`, v.N)
+	case r.URL.Path == "/v1/tagged":
+		// sends ETags, but never checks If-Match
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if r.Method == http.MethodPut {
+			var v struct{ N int }
+			if err := json.NewDecoder(r.Body).Decode(&v); err != nil {
+				w.WriteHeader(400)
+				return
+			}
+			b.tagged, b.version = v.N, b.version+1
+		}
+		w.Header().Set("ETag", fmt.Sprintf(`"v%d"`, b.version))
+		fmt.Fprintf(w, `{"n": %d}`, b.tagged)
+	case r.URL.Path == "/v1/big" && r.Method == http.MethodGet:
+		fmt.Fprintf(w, `{"pad": %q}`, strings.Repeat("x", 8<<10))
+	case r.URL.Path == "/v1/broken" && r.Method == http.MethodGet:
+		w.WriteHeader(500)
+	case (r.URL.Path == "/v1/big" || r.URL.Path == "/v1/broken") && r.Method == http.MethodPut:
+		b.writes.Add(1)
+		w.WriteHeader(204)
+	case strings.HasPrefix(r.URL.Path, "/v1/docs/"):
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		doc, ok := b.docs[r.URL.Path]
+		switch {
+		case r.Method == http.MethodPut:
+			body, _ := io.ReadAll(r.Body)
+			b.docs[r.URL.Path] = string(body)
+			b.writes.Add(1)
+			w.Write(body)
+		case ok:
+			io.WriteString(w, doc)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
 	case r.URL.Path == "/v1/me":
-		b.gets.Add(1)
+		b.meGets.Add(1)
 		w.Header().Set("Cache-Control", "max-age=300")
 		fmt.Fprintf(w, `{"user": %q}`, r.Header.Get("X-Auth-User"))
 	case r.URL.Path == "/v1/items" && r.Method == http.MethodGet:
-		b.gets.Add(1)
+		b.itemGets.Add(1)
 		b.mu.Lock()
 		items, _ := json.Marshal(b.items)
 		b.mu.Unlock()
@@ -88,15 +136,22 @@ var etagConfig = testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT}
 	}
 	api_etag {
 		require_if_match /v1/counter
+		max_body 4KiB
 		cache
 	}
 	reverse_proxy 127.0.0.1:%d
 }
 `
 
-// increment does GET → +1 → PUT with If-Match, retrying on 412, n times.
-func increment(c *http.Client, url string, n int, auth []string) error {
-	for done := 0; done < n; {
+// increment does GET → +1 → PUT with If-Match, retrying on 412, n times,
+// within a minute. Each try uses the next of the spellings of the URL.
+func increment(c *http.Client, n int, auth []string, spellings ...string) error {
+	deadline := time.Now().Add(time.Minute)
+	for done, try := 0, 0; done < n; try++ {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d increments done after a minute of 412s", done, n)
+		}
+		url := spellings[try%len(spellings)]
 		g, err := Send(c, "GET", url, "", auth...)
 		if err != nil {
 			return err
@@ -152,6 +207,9 @@ func TestETagWithPlainBackend(t *testing.T) {
 	// a 404 stays a 404 whatever the preconditions
 	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing"), "", append(bearer("tester"), "If-None-Match", "*")...), 404)
 
+	// one resource, five spellings: one lock
+	spellings := []string{url, g.URL("//v1/counter"), g.URL("/v1/./counter"), g.URL("/v1/x/../counter"), g.URL("/v1//counter"),
+		strings.Replace(url, "api.localhost", "API.Localhost", 1)}
 	t.Run("no lost update", func(t *testing.T) {
 		backend.mu.Lock()
 		backend.counter = 0
@@ -164,7 +222,7 @@ func TestETagWithPlainBackend(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs <- increment(c, url, each, bearer("tester"))
+				errs <- increment(c, each, bearer("tester"), spellings...)
 			}()
 		}
 		wg.Wait()
@@ -174,10 +232,10 @@ func TestETagWithPlainBackend(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if backend.counter != clients*each {
-			t.Errorf("counter = %d after %d acknowledged increments", backend.counter, clients*each)
+		if n := backend.count(); n != clients*each {
+			t.Errorf("counter = %d after %d acknowledged increments over %d spellings", n, clients*each, len(spellings))
 		}
-		t.Logf("%d clients × %d increments: counter %d in %v", clients, each, backend.counter, time.Since(start).Round(time.Millisecond))
+		t.Logf("%d clients × %d increments over %d spellings: counter %d in %v", clients, each, len(spellings), backend.count(), time.Since(start).Round(time.Millisecond))
 	})
 
 	t.Run("principals never share", func(t *testing.T) {
@@ -195,9 +253,124 @@ func TestETagWithPlainBackend(t *testing.T) {
 				}
 			}
 		}
-		if n := backend.gets.Load(); n != 2 {
+		if n := backend.meGets.Load(); n != 2 {
 			t.Errorf("backend saw %d GETs of /v1/me, want 2 (one per user, then hits)", n)
 		}
+	})
+
+	t.Run("the lock never fails open", func(t *testing.T) {
+		before := backend.writes.Load()
+		for range 20 {
+			// larger than max_body: hashed as a stream, so a wrong tag is refused
+			AssertProblem(t, Do(t, c, "PUT", g.URL("/v1/big"), `{}`, append(bearer("tester"), "If-Match", `"wrong"`)...), 412)
+			// the backend's GET fails: the gateway cannot decide, so nothing is written
+			AssertProblem(t, Do(t, c, "PUT", g.URL("/v1/broken"), `{}`, append(bearer("tester"), "If-Match", `"anything"`)...), 503)
+		}
+		if n := backend.writes.Load() - before; n != 0 {
+			t.Errorf("%d conditional writes the gateway could not check reached the backend", n)
+		}
+	})
+
+	t.Run("a backend with ETags that ignores If-Match", func(t *testing.T) {
+		const clients, each = 10, 10
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- increment(c, each, bearer("tester"), g.URL("/v1/tagged"))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		backend.mu.Lock()
+		defer backend.mu.Unlock()
+		if backend.tagged != clients*each {
+			t.Errorf("counter = %d after %d acknowledged increments", backend.tagged, clients*each)
+		}
+	})
+
+	t.Run("create-only is decided for a backend without ETags", func(t *testing.T) {
+		var wg sync.WaitGroup
+		var created, refused atomic.Int64
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := Send(c, "PUT", g.URL("/v1/docs/new"), `{"v": 1}`, append(bearer("tester"), "If-None-Match", "*")...)
+				switch {
+				case err != nil:
+					t.Error(err)
+				case r.StatusCode == 200:
+					created.Add(1)
+				case r.StatusCode == 412:
+					refused.Add(1)
+				default:
+					t.Errorf("PUT If-None-Match: *: %d %s", r.StatusCode, r.Body)
+				}
+			}()
+		}
+		wg.Wait()
+		if created.Load() != 1 || refused.Load() != 19 {
+			t.Errorf("%d created, %d refused; want 1 and 19", created.Load(), refused.Load())
+		}
+	})
+
+	t.Run("a slow upload does not hold the lock", func(t *testing.T) {
+		Do(t, c, "PUT", g.URL("/v1/docs/slow"), `{"v": 0}`, bearer("tester")...)
+		etag := Do(t, c, "GET", g.URL("/v1/docs/slow"), "", bearer("tester")...).Header.Get("ETag")
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest("PUT", g.URL("/v1/docs/slow"), pr)
+		req.Header.Set("Authorization", bearer("alice")[1])
+		req.Header.Set("If-Match", etag)
+		req.Header.Set("Content-Type", "application/json")
+		slow := make(chan int, 1)
+		go func() {
+			resp, err := c.Do(req)
+			if err != nil {
+				slow <- 0
+				return
+			}
+			resp.Body.Close()
+			slow <- resp.StatusCode
+		}()
+		pw.Write([]byte(`{"v":`)) // the upload has started, and stalls
+		start := time.Now()
+		r := Do(t, c, "PUT", g.URL("/v1/docs/slow"), `{"v": 2}`, append(bearer("bob"), "If-Match", etag)...)
+		if r.StatusCode != 200 || time.Since(start) > 5*time.Second {
+			t.Errorf("the other writer got %d after %v, want 200 at once", r.StatusCode, time.Since(start).Round(time.Millisecond))
+		}
+		pw.Write([]byte(` 1}`))
+		pw.Close()
+		select {
+		case got := <-slow:
+			if got != 412 {
+				t.Errorf("the slow upload got %d, want 412 (its ETag went stale meanwhile)", got)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the slow upload never finished")
+		}
+	})
+
+	t.Run("one resource, one cache entry", func(t *testing.T) {
+		Do(t, c, "GET", g.URL("/v1/items"), "", bearer("tester")...)
+		if r := Do(t, c, "GET", g.URL("//v1/./items"), "", bearer("tester")...); r.Header.Get("Cache-Status") != "restgate; hit" {
+			t.Errorf("another spelling missed the entry: %q", r.Header.Get("Cache-Status"))
+		}
+		if r := Do(t, c, "POST", g.URL("/v1//items"), `"y"`, bearer("bob")...); r.StatusCode != 201 {
+			t.Fatalf("POST: %d", r.StatusCode)
+		}
+		if r := Do(t, c, "GET", g.URL("/v1/items"), "", bearer("tester")...); !strings.Contains(string(r.Body), "y") {
+			t.Errorf("a write through another spelling left a stale entry: %s", r.Body)
+		}
+		// an encoded slash names no resource the gateway can be sure of
+		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/items/a%2Fb"), "", bearer("tester")...), 400)
 	})
 
 	t.Run("writes invalidate the collection", func(t *testing.T) {
@@ -238,7 +411,12 @@ func TestETagWithResourcesBackend(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			deadline := time.Now().Add(time.Minute)
 			for done := 0; done < each; {
+				if time.Now().After(deadline) {
+					errs <- fmt.Errorf("%d of %d increments done after a minute of 412s", done, each)
+					return
+				}
 				g, err := Send(c, "GET", url, "", auth...)
 				if err != nil {
 					errs <- err

@@ -256,7 +256,12 @@ func TestNoLostUpdates(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			deadline := time.Now().Add(time.Minute)
 			for done := 0; done < 10; {
+				if time.Now().After(deadline) {
+					t.Errorf("%d of 10 increments done after a minute of 412s", done)
+					return
+				}
 				g, _ := call(h, o, "GET", "/n", "", "")
 				var n int
 				fmt.Sscan(g.Body.String(), &n)
