@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"regexp"
@@ -28,6 +29,7 @@ func TestCaddyRaisedErrors(t *testing.T) {
 			w.WriteHeader(500)
 			fmt.Fprint(w, "Traceback: KeyError at /srv/app/db.py line 42 (db.internal:5432) connect(password=hunter2-secret)")
 		default:
+			_, _ = io.Copy(io.Discard, r.Body)
 			w.Write([]byte("ok"))
 		}
 	})}
@@ -85,6 +87,14 @@ func TestCaddyRaisedErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+	// a body the client garbled is the client's error, not a bad gateway
+	// (reverse_proxy labels a failed body read 502)
+	for _, body := range []string{"5\r\nhello\r\nzz\r\n\r\n", "5\r\nhello\r\nfffffffffffffffffff\r\n\r\n"} {
+		status := rawTLSRequest(t, g, "POST /upload HTTP/1.1\r\nHost: api.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"+body)
+		if status != 400 {
+			t.Errorf("malformed chunked body %q: status %d, want 400", body, status)
+		}
 	}
 	// the operator sees that it happened, with the request id; the body
 	// (which may hold anything) is for the debug log only, redacted

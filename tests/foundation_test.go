@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -65,15 +68,35 @@ func TestDefaultCaddyfile(t *testing.T) {
 
 	t.Run("credentials never reach the log", func(t *testing.T) {
 		const key = "rg_SECRETKEY_5f0e1d2c3b4a"
-		Do(t, c, "GET", g.URL("/v1/health"), "", "X-Api-Key", key)
-		Do(t, c, "GET", g.URL("/v1/health"), "", "Authorization", "Bearer "+key)
-		Do(t, c, "GET", g.URL("/v1/health"), "", "Authorization", "Api-Key "+key)
-		Do(t, c, "GET", g.URL("/v1/health?api_key="+key), "")
+		known := testKeys["tester"].token // a real key, sent where keys do not go
+		sent := 0
+		send := func(path string, headers ...string) {
+			Do(t, c, "GET", g.URL(path), "", headers...)
+			sent++
+		}
+		for _, h := range []string{"X-Api-Key", "Api-Key", "Token", "X-Auth-Token", "X-Access-Token"} {
+			send("/v1/health", h, key)
+		}
+		send("/v1/health", "Authorization", "Bearer "+key)
+		send("/v1/health", "Authorization", "Api-Key "+key)
+		for _, p := range []string{"api_key", "API_KEY", "apiKey", "access-token", "password", "auth", "token"} {
+			send("/v1/health?"+p+"="+key, "")
+		}
+		send("/v1/health?q="+known, "X-Custom", known)
 		waitFor(t, 5*time.Second, "access log lines", func() bool {
-			return strings.Count(g.Logs(), `"uri":"/v1/health`) >= 4
+			return strings.Count(g.Logs(), `"uri":"/v1/health`) >= sent
 		})
-		if strings.Contains(g.Logs(), key) {
-			t.Errorf("a key reached the log:\n%s", g.Logs())
+		for _, secret := range []string{key, known} {
+			if strings.Contains(g.Logs(), secret) {
+				t.Errorf("a key reached the log:\n%s", g.Logs())
+			}
+		}
+	})
+
+	t.Run("HSTS on the API host", func(t *testing.T) {
+		r := Do(t, c, "GET", g.URL("/v1/health"), "")
+		if !strings.HasPrefix(r.Header.Get("Strict-Transport-Security"), "max-age=") {
+			t.Errorf("Strict-Transport-Security = %q", r.Header.Get("Strict-Transport-Security"))
 		}
 	})
 
@@ -91,6 +114,8 @@ func TestDefaultCaddyfile(t *testing.T) {
 			{"malformed host port", "GET /v1/health HTTP/1.1\r\nHost: api.localhost:99999999\r\n\r\n", 0},
 			{"dots only", "GET /v1/health HTTP/1.1\r\nHost: ...\r\n\r\n", 400},
 			{"ip literal host", "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404},
+			{"malformed chunked body", "POST /v1/events HTTP/1.1\r\nHost: api.localhost\r\n" + bearerLine("tester") +
+				"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\nzz\r\n\r\n", 400},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +134,8 @@ func TestDefaultCaddyfile(t *testing.T) {
 		}
 	})
 }
+
+func bearerLine(user string) string { return "Authorization: " + bearer(user)[1] + "\r\n" }
 
 // rawTLSRequest writes bytes as they are over a verified TLS connection to
 // api.localhost and returns the response's status code.
@@ -158,6 +185,90 @@ func TestCommands(t *testing.T) {
 	}
 	if a := out("adapt", "--config", "Caddyfile"); !strings.Contains(a, `"handler":"api_errors"`) {
 		t.Errorf("adapt: no api_errors handler in %s", a)
+	}
+}
+
+// TestReloadUnderLoad: reloads while clients read and write with a steady
+// key: not one request fails (the collections and their store live
+// through a reload, as rate-limit state does).
+func TestReloadUnderLoad(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+	var failures, sent atomic.Int64
+	var firstFailure atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var r *Response
+				var err error
+				if w%2 == 0 {
+					r, err = Send(c, "POST", g.URL("/v1/events"), fmt.Sprintf(`{"name": "e-%d-%d"}`, w, i), bearer("tester")...)
+				} else {
+					r, err = Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
+				}
+				sent.Add(1)
+				if err != nil || r.StatusCode >= 300 {
+					failures.Add(1)
+					firstFailure.CompareAndSwap(nil, fmt.Sprint(err, r))
+				}
+			}
+		}()
+	}
+	for range 12 {
+		cmd := exec.Command(binary, "reload", "--force", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))
+		cmd.Env = g.Env
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("reload: %v\n%s", err, b)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if failures.Load() > 0 {
+		t.Errorf("%d of %d requests failed during 12 reloads; first: %v", failures.Load(), sent.Load(), firstFailure.Load())
+	}
+	t.Logf("%d requests during 12 reloads, none failed", sent.Load())
+}
+
+// TestSlowBodiesAreCutOff: a client that trickles its body is cut off
+// after read_body (RESTGATE_READ_BODY_TIMEOUT), so it cannot hold a
+// connection and a descriptor for as long as it likes.
+func TestSlowBodiesAreCutOff(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{Env: map[string]string{"RESTGATE_READ_BODY_TIMEOUT": "1s"}})
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp",
+		fmt.Sprintf("127.0.0.1:%d", g.HTTPS), &tls.Config{ServerName: "api.localhost", RootCAs: g.ca, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprintf(conn, "POST /v1/events HTTP/1.1\r\nHost: api.localhost\r\n%sContent-Type: application/json\r\nContent-Length: 100\r\n\r\n", bearerLine("tester"))
+	closed := make(chan time.Duration, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, conn) // returns when the gateway closes the connection
+		closed <- time.Since(start)
+	}()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case d := <-closed:
+			t.Logf("a trickling upload was cut off after %v", d.Round(10*time.Millisecond))
+			return
+		case <-tick.C:
+			_, _ = conn.Write([]byte("x"))
+		case <-deadline:
+			t.Fatal("a body sent one byte every 200ms was still open after 15s with read_body 1s")
+		}
 	}
 }
 
