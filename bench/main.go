@@ -78,7 +78,10 @@ func main() {
 		return
 	}
 	if o.smoke {
-		o.rounds, o.duration, o.attack, o.count = 1, time.Second, 20_000, 1
+		// a few seconds in all: every configuration once (wrk's shortest
+		// run), small attacks, no microbenchmarks (make test runs their
+		// packages' tests already)
+		o.rounds, o.duration, o.attack, o.count, o.micro = 1, time.Second, 2_000, 1, false
 	}
 	log.SetFlags(0)
 	log.SetPrefix("bench: ")
@@ -298,6 +301,9 @@ https://127.0.0.1:%d {
 
 	// warm up (fills connection pools and the caches), then interleave
 	for _, c := range configs {
+		if o.smoke {
+			break
+		}
 		if _, err := runWrk(c, connsFor(c, o), min(o.duration, 2*time.Second)); err != nil {
 			return fmt.Errorf("warm-up %s: %v", c.name, err)
 		}
@@ -473,7 +479,9 @@ func runAttacks(o options, pid int, url, dir string) ([]attack, error) {
 		if err != nil {
 			return nil, fmt.Errorf("attack %q: %v\n%s", a.name, err, res)
 		}
-		time.Sleep(time.Second) // let the last responses settle before reading RSS
+		if !o.smoke {
+			time.Sleep(time.Second) // let the last responses settle before reading RSS
+		}
 		after := rss(pid)
 		out = append(out, attack{name: a.name, requests: o.attack, rssBefore: before, after: after})
 		log.Printf("attack %-55s %d requests, RSS %d → %d MiB", a.name, o.attack, before>>20, after>>20)
@@ -645,6 +653,9 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 		fmt.Fprintf(&b, "| %s | %d | %d MiB | %d MiB |\n", a.name, a.requests, a.rssBefore>>20, a.after>>20)
 	}
 	b.WriteString("\nThe per-IP zone keeps at most `max_keys` (100,000) buckets; invalid keys are hashed and refused without being remembered.\n")
+	if o.smoke {
+		b.WriteString("\n## Go microbenchmarks\n\nNot run in a smoke run.\n")
+	}
 	if micro != "" {
 		fmt.Fprintf(&b, "\n## Go microbenchmarks\n\n`go test -run '^$' -bench . -benchmem -count %d ./modules/... ./backends/... ./internal/...`, summarised by `benchstat` (pinned in tools/go.mod):\n\n```\n%s```\n", o.count, micro)
 	}
