@@ -25,8 +25,8 @@ run: build ## serve the default Caddyfile in the foreground
 	@scripts/run-banner.sh "$(RESTGATE_DATA)" &
 	exec $(BIN) run --config Caddyfile --adapter caddyfile
 
-test: build ## every unit, golden-adapt and integration test; a skipped test fails the run
-	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true
+test: build ## every unit (with -race), golden-adapt and integration test; a skipped test fails the run
+	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true
 	@scripts/test-summary.sh $(TEST_LOG)
 
 bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~15 min)
