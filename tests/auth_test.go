@@ -184,6 +184,38 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	if !works(carol) {
 		t.Error("a broken key file dropped the previous keys")
 	}
+	// an editor's truncate-then-write: the empty file in between keeps the keys
+	if err := os.WriteFile(keyFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the empty file to be noticed", func() bool {
+		return strings.Contains(g.Logs(), "the key file is empty")
+	})
+	if !works(carol) || !works(bearer("tester")) {
+		t.Error("an empty (truncated) key file dropped the keys")
+	}
+	// deleted, then restored with the same content: its keys stay, then reload
+	writeKeys("tester", "carol")
+	waitFor(t, 10*time.Second, "the rewritten file", func() bool {
+		return strings.Count(g.Logs(), "API keys reloaded") >= 2
+	})
+	content, _ := os.ReadFile(keyFile)
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the missing file to be noticed", func() bool {
+		return strings.Contains(g.Logs(), "disappeared")
+	})
+	if !works(carol) {
+		t.Error("a deleted key file dropped the keys at once")
+	}
+	replaceFile(t, keyFile, string(content))
+	waitFor(t, 10*time.Second, "the restored file to be read again", func() bool {
+		return strings.Count(g.Logs(), "API keys reloaded") >= 3
+	})
+	if n := strings.Count(g.Logs(), "disappeared"); n != 1 {
+		t.Errorf("the missing file was logged %d times, want once", n)
+	}
 	close(stop)
 	wg.Wait()
 	if failures.Load() > 0 {

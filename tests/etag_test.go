@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,6 +106,9 @@ func (b *plainBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		default:
 			w.WriteHeader(http.StatusNotFound)
 		}
+	case r.URL.Path == "/v1/whoami":
+		w.Header().Set("Cache-Control", "max-age=300")
+		fmt.Fprintf(w, `{"user": %q, "scopes": %q}`, r.Header.Get("X-Auth-User"), r.Header.Get("X-Auth-Scopes"))
 	case r.URL.Path == "/v1/me":
 		b.meGets.Add(1)
 		w.Header().Set("Cache-Control", "max-age=300")
@@ -447,5 +452,30 @@ func TestETagWithResourcesBackend(t *testing.T) {
 	_ = json.Unmarshal(Do(t, c, "GET", url, "", auth...).Body, &v)
 	if v.Meta.N != clients*each {
 		t.Errorf("n = %d after %d acknowledged increments", v.Meta.N, clients*each)
+	}
+}
+
+// TestCacheKeyHasTheScopes: an answer made for one key of a user is not
+// served to another key of the same user with fewer scopes.
+func TestCacheKeyHasTheScopes(t *testing.T) {
+	_, port := startPlainBackend(t)
+	dir := t.TempDir()
+	const readOnly = "rg_test_alice_readonly_00000000000000000007"
+	var keys strings.Builder
+	keys.WriteString("keys:\n")
+	keys.WriteString(keyEntry("alice", testKeys["admin"].token, []string{"read", "write", "admin"}))
+	keys.WriteString(keyEntry("alice", readOnly, []string{"read"}))
+	if err := os.WriteFile(filepath.Join(dir, "api-keys.yaml"), []byte(keys.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := StartGateway(t, fmt.Sprintf(etagConfig, port), Options{Dir: dir})
+	c := g.Client()
+	admin := Do(t, c, "GET", g.URL("/v1/whoami"), "", "Authorization", "Bearer "+testKeys["admin"].token)
+	if !strings.Contains(string(admin.Body), "admin") {
+		t.Fatalf("admin key: %s", admin.Body)
+	}
+	ro := Do(t, c, "GET", g.URL("/v1/whoami"), "", "Authorization", "Bearer "+readOnly)
+	if strings.Contains(string(ro.Body), "admin") || ro.Header.Get("Cache-Status") == "restgate; hit" {
+		t.Errorf("the read-only key got the admin key's answer: %s (%s)", ro.Body, ro.Header.Get("Cache-Status"))
 	}
 }
