@@ -145,26 +145,14 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	}
 
 	var failures, sent atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				r, err := Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
-				sent.Add(1)
-				if err != nil || r.StatusCode != 200 {
-					failures.Add(1)
-				}
-			}
-		}()
-	}
+	stop := load(4, func(int, int) bool {
+		r, err := Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
+		sent.Add(1)
+		if err != nil || r.StatusCode != 200 {
+			failures.Add(1)
+		}
+		return true
+	})
 	carol := []string{"Authorization", "Bearer rg_test_carol_0000000000000000000000000006"}
 	works := func(h []string) bool {
 		r, err := Send(c, "GET", g.URL("/v1/events"), "", h...)
@@ -216,8 +204,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	if n := strings.Count(g.Logs(), "disappeared"); n != 1 {
 		t.Errorf("the missing file was logged %d times, want once", n)
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if failures.Load() > 0 {
 		t.Errorf("%d of %d requests with a valid key failed during rotation", failures.Load(), sent.Load())
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -196,33 +195,21 @@ func TestReloadUnderLoad(t *testing.T) {
 	c := g.Client()
 	var failures, sent atomic.Int64
 	var firstFailure atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				var r *Response
-				var err error
-				if w%2 == 0 {
-					r, err = Send(c, "POST", g.URL("/v1/events"), fmt.Sprintf(`{"name": "e-%d-%d"}`, w, i), bearer("tester")...)
-				} else {
-					r, err = Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
-				}
-				sent.Add(1)
-				if err != nil || r.StatusCode >= 300 {
-					failures.Add(1)
-					firstFailure.CompareAndSwap(nil, fmt.Sprint(err, r))
-				}
-			}
-		}()
-	}
+	stop := load(4, func(w, i int) bool {
+		var r *Response
+		var err error
+		if w%2 == 0 {
+			r, err = Send(c, "POST", g.URL("/v1/events"), fmt.Sprintf(`{"name": "e-%d-%d"}`, w, i), bearer("tester")...)
+		} else {
+			r, err = Send(c, "GET", g.URL("/v1/events"), "", bearer("tester")...)
+		}
+		sent.Add(1)
+		if err != nil || r.StatusCode >= 300 {
+			failures.Add(1)
+			firstFailure.CompareAndSwap(nil, fmt.Sprint(err, r))
+		}
+		return true
+	})
 	for range 12 {
 		cmd := exec.Command(binary, "reload", "--force", "--config", g.Config, "--adapter", "caddyfile", "--address", fmt.Sprintf("127.0.0.1:%d", g.Admin))
 		cmd.Env = g.Env
@@ -230,8 +217,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			t.Fatalf("reload: %v\n%s", err, b)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if failures.Load() > 0 {
 		t.Errorf("%d of %d requests failed during 12 reloads; first: %v", failures.Load(), sent.Load(), firstFailure.Load())
 	}

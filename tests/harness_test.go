@@ -436,6 +436,33 @@ func freePorts(t testing.TB, n int) []int {
 	return ports
 }
 
+// load runs n workers, each calling fn(worker, i) for i = 0, 1, … until
+// fn returns false or stop is called; stop returns once all have ended.
+func load(n int, fn func(worker, i int) bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if !fn(w, i) {
+					return
+				}
+			}
+		}()
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()

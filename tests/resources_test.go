@@ -60,34 +60,21 @@ func TestResourcesSurviveRestartAndKill(t *testing.T) {
 	// a write burst from 8 clients; kill -9 once 200 writes are acknowledged
 	var acked sync.Map
 	var n atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				name := fmt.Sprintf("w%d-%d", w, i)
-				r, err := Send(c, "POST", g.URL("/v1/events"), `{"name": "`+name+`"}`, bearer("tester")...)
-				if err != nil {
-					return // the gateway is gone
-				}
-				if r.StatusCode == 201 {
-					acked.Store(name, true)
-					n.Add(1)
-				}
-			}
-		}()
-	}
+	stop := load(8, func(w, i int) bool {
+		name := fmt.Sprintf("w%d-%d", w, i)
+		r, err := Send(c, "POST", g.URL("/v1/events"), `{"name": "`+name+`"}`, bearer("tester")...)
+		if err != nil {
+			return false // the gateway is gone
+		}
+		if r.StatusCode == 201 {
+			acked.Store(name, true)
+			n.Add(1)
+		}
+		return true
+	})
 	waitFor(t, 60*time.Second, "200 acknowledged writes", func() bool { return n.Load() >= 200 })
 	g.Kill()
-	close(stop)
-	wg.Wait()
+	stop()
 
 	g2 := StartGateway(t, repoFile(t, "Caddyfile"), Options{Dir: dir})
 	c2 := g2.Client()

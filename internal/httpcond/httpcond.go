@@ -60,13 +60,6 @@ func Evaluate(r *http.Request, exists bool, etag string, lastModified time.Time)
 	return Proceed
 }
 
-// HasPreconditions reports whether r carries any precondition header.
-func HasPreconditions(r *http.Request) bool {
-	h := r.Header
-	return len(h["If-Match"]) > 0 || len(h["If-None-Match"]) > 0 ||
-		len(h["If-Modified-Since"]) > 0 || len(h["If-Unmodified-Since"]) > 0
-}
-
 // matchList reports whether any entity tag in the header lines matches
 // etag, or the list is "*" (which matches any current representation). A
 // malformed list matches nothing.
@@ -85,7 +78,7 @@ func matchList(lines []string, etag string, strong bool) bool {
 			if !ok {
 				return false
 			}
-			if etag != "" && (strong && StrongMatch(tag, etag) || !strong && WeakMatch(tag, etag)) {
+			if etag != "" && (strong && strongMatch(tag, etag) || !strong && weakMatch(tag, etag)) {
 				return true
 			}
 			s = textproto.TrimString(rest)
@@ -117,18 +110,12 @@ func scanETag(s string) (tag, rest string, ok bool) {
 	return "", "", false
 }
 
-// StrongMatch: both tags are strong and their opaque parts are equal.
-func StrongMatch(a, b string) bool {
+// strongMatch: both tags are strong and their opaque parts are equal.
+func strongMatch(a, b string) bool {
 	return a == b && a != "" && a[0] == '"'
 }
 
-// WeakMatch: the opaque parts are equal, weak or not.
-func WeakMatch(a, b string) bool {
+// weakMatch: the opaque parts are equal, weak or not.
+func weakMatch(a, b string) bool {
 	return strings.TrimPrefix(a, "W/") == strings.TrimPrefix(b, "W/")
-}
-
-// ValidETag reports whether s is one well-formed entity tag.
-func ValidETag(s string) bool {
-	tag, rest, ok := scanETag(s)
-	return ok && tag == s && rest == ""
 }

@@ -66,11 +66,3 @@ func TestEvaluate(t *testing.T) {
 		})
 	}
 }
-
-func TestValidETag(t *testing.T) {
-	for give, want := range map[string]bool{`"a"`: true, `W/"a"`: true, `""`: true, `a`: false, `"a`: false, `"a"b`: false, `"a b"`: false, `W/a`: false} {
-		if got := ValidETag(give); got != want {
-			t.Errorf("ValidETag(%q) = %v, want %v", give, got, want)
-		}
-	}
-}

@@ -346,9 +346,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", k.userAny)
-		repl.Set("http.auth.user.scopes", k.scopesAny)
-		repl.Set("http.auth.user.key_id", k.idAny)
+		repl.Set(identity.UserPlaceholder, k.userAny)
+		repl.Set(identity.ScopesPlaceholder, k.scopesAny)
+		repl.Set(identity.KeyIDPlaceholder, k.idAny)
 	}
 	r.Header[h.userHeader] = k.userHeader
 	r.Header[h.scopesHeader] = k.scopesHeader

@@ -408,32 +408,9 @@ func TestGatewayComparesBackendETags(t *testing.T) {
 		fmt.Fprint(w, n)
 		return nil
 	})
-	var wg sync.WaitGroup
-	var acked atomic.Int64
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			deadline := time.Now().Add(time.Minute)
-			for done := 0; done < 10; {
-				if time.Now().After(deadline) {
-					t.Errorf("%d of 10 increments done after a minute of 412s", done)
-					return
-				}
-				g, _ := call(h, o, "GET", "/n", "", "")
-				var cur int
-				fmt.Sscan(g.Body.String(), &cur)
-				w, err := call(h, o, "PUT", "/n", "", fmt.Sprint(cur+1), "If-Match", g.Header().Get("ETag"))
-				if statusOf(w, err) == 200 {
-					done++
-					acked.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if n != 100 || acked.Load() != 100 {
-		t.Errorf("counter = %d after %d acknowledged increments, want 100", n, acked.Load())
+	acked := incrementConcurrently(t, h, o, 10, 10)
+	if n != 100 || acked != 100 {
+		t.Errorf("counter = %d after %d acknowledged increments, want 100", n, acked)
 	}
 	if forwarded.Load() != 100 {
 		t.Errorf("If-Match forwarded on %d of 100 writes, want all", forwarded.Load())

@@ -32,7 +32,7 @@ func fromBackend(r *http.Request, status int, hdr http.Header, body []byte, over
 		return p
 	}
 	mt, _, _ := mime.ParseMediaType(hdr.Get("Content-Type"))
-	if mt == MediaType {
+	if mt == mediaType {
 		if q, ok := parseProblem(body, status); ok {
 			return q
 		}
@@ -125,7 +125,7 @@ func fillFromJSON(p *Problem, v any) {
 			}
 		}
 		if typ, ok := obj["type"].(string); ok && isSlug(typ) { // Polar
-			p.Code, known = SnakeCase(typ), true
+			p.Code, known = snakeCase(typ), true
 		}
 		if !known { // DRF field errors: {"name": ["This field is required."]}
 			p.Errors = fieldErrors(obj, "", nil, 0)

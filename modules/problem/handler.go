@@ -23,8 +23,8 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// DefaultMaxErrorBody bounds how much of a backend's error body is read.
-const DefaultMaxErrorBody = 64 << 10
+// defaultMaxErrorBody bounds how much of a backend's error body is read.
+const defaultMaxErrorBody = 64 << 10
 
 // Handler gives every error one RFC 9457 application/problem+json shape:
 // errors returned by the handlers it wraps (restgate's, Caddy's own such as
@@ -77,7 +77,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if h.MaxErrorBody == 0 {
-		h.MaxErrorBody = DefaultMaxErrorBody
+		h.MaxErrorBody = defaultMaxErrorBody
 	}
 	h.overrides = make(map[int]StatusOverride, len(h.Statuses))
 	for k, v := range h.Statuses {
@@ -108,7 +108,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// inside handle_errors: render the error being handled
 	if herr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error); ok {
-		h.write(w, r, FromError(herr))
+		h.write(w, r, fromError(herr))
 		return nil
 	}
 	// a client's malformed request is a 400 here, before it can reach a
@@ -142,12 +142,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// (malformed chunking, a connection cut mid-body): the client's fault
 		p := New(http.StatusBadRequest, "the request body could not be read: "+bodyErrorText(body.err))
 		if errors.As(body.err, new(*http.MaxBytesError)) {
-			p = FromError(body.err)
+			p = fromError(body.err)
 		}
 		h.logError(r, p.Status, err)
 		h.write(w, r, p)
 	case err != nil:
-		p := FromError(err)
+		p := fromError(err)
 		h.logError(r, p.Status, err)
 		h.write(w, r, p)
 	case !hw.WroteHeader():
@@ -167,8 +167,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // holdErrors holds every error response for rewriting. A backend that
 // echoes the request id makes reverse_proxy add a second copy: one stays.
 func holdErrors(status int, hdr http.Header) bool {
-	if ids := hdr[RequestIDHeader]; len(ids) > 1 {
-		hdr[RequestIDHeader] = ids[:1]
+	if ids := hdr[requestIDHeader]; len(ids) > 1 {
+		hdr[requestIDHeader] = ids[:1]
 	}
 	return status >= 400
 }
@@ -238,7 +238,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem) {
 		p.Type = TypeQuotaExceeded
 	case (p.Type == "" || p.Type == "about:blank") && h.TypeBase != "":
 		if p.Code == "" {
-			p.Code = Code(p.Status)
+			p.Code = defaultCode(p.Status)
 		}
 		p.Type = h.TypeBase + p.Code
 	}

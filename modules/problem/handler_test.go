@@ -117,9 +117,9 @@ func TestErrorSources(t *testing.T) {
 		{name: "backend 405 keeps Allow", next: backend(405, "application/json", `{"detail": "Method \"PUT\" not allowed."}`, "Allow", "GET, POST"), wantStatus: 405, wantHeader: [2]string{"Allow", "GET, POST"}},
 		{name: "backend 413", next: backend(413, "text/html", "<h1>413</h1>"), wantStatus: 413},
 		{name: "gzip body not parsed", next: backend(400, "application/json", "\x1f\x8b\x08garbage", "Content-Encoding", "gzip"), wantStatus: 400, noDetail: true},
-		{name: "body over the bound", next: backend(400, "application/json", `{"error": "`+strings.Repeat("x", DefaultMaxErrorBody)+`"}`), wantStatus: 400, noDetail: true},
+		{name: "body over the bound", next: backend(400, "application/json", `{"error": "`+strings.Repeat("x", defaultMaxErrorBody)+`"}`), wantStatus: 400, noDetail: true},
 		{name: "long message truncated", next: backend(400, "application/json", `{"error": "`+strings.Repeat("é", 2000)+`"}`), wantStatus: 400},
-		{name: "problem+json with wrong status", next: backend(404, MediaType, `{"type": "about:blank", "title": "Gone", "status": 410, "detail": "moved away"}`), wantStatus: 404, wantDetail: "moved away"},
+		{name: "problem+json with wrong status", next: backend(404, mediaType, `{"type": "about:blank", "title": "Gone", "status": 410, "detail": "moved away"}`), wantStatus: 404, wantDetail: "moved away"},
 		{name: "unknown status", next: backend(499, "", ""), wantStatus: 499, wantCode: "client_error"},
 	}
 	h := newHandler(t, &Handler{})
@@ -133,8 +133,8 @@ func TestErrorSources(t *testing.T) {
 			if w.Code != tt.wantStatus {
 				t.Fatalf("status = %d, want %d", w.Code, tt.wantStatus)
 			}
-			if ct := w.Header().Get("Content-Type"); ct != MediaType {
-				t.Fatalf("Content-Type = %q, want %q", ct, MediaType)
+			if ct := w.Header().Get("Content-Type"); ct != mediaType {
+				t.Fatalf("Content-Type = %q, want %q", ct, mediaType)
 			}
 			var p map[string]any
 			if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
@@ -143,7 +143,7 @@ func TestErrorSources(t *testing.T) {
 			if got := int(p["status"].(float64)); got != tt.wantStatus {
 				t.Errorf("status member = %d, want %d", got, tt.wantStatus)
 			}
-			if id := w.Header().Get(RequestIDHeader); id == "" || p["request_id"] != id {
+			if id := w.Header().Get(requestIDHeader); id == "" || p["request_id"] != id {
 				t.Errorf("request_id = %v, header %q: want equal, non-empty", p["request_id"], id)
 			}
 			got, hasDetail := p["detail"].(string)
@@ -204,7 +204,7 @@ func TestPassThroughIsByteIdentical(t *testing.T) {
 			_ = next.ServeHTTP(bare, newRequest("GET", "/v1/x"))
 			wrapped := httptest.NewRecorder()
 			r := newRequest("GET", "/v1/x")
-			r.Header.Set(RequestIDHeader, "client-id-1")
+			r.Header.Set(requestIDHeader, "client-id-1")
 			if err := h.ServeHTTP(wrapped, r, next); err != nil {
 				t.Fatal(err)
 			}
@@ -212,10 +212,10 @@ func TestPassThroughIsByteIdentical(t *testing.T) {
 				t.Errorf("got %d %q, want %d %q", wrapped.Code, wrapped.Body, bare.Code, bare.Body)
 			}
 			wh := wrapped.Header().Clone()
-			if wh.Get(RequestIDHeader) != "client-id-1" {
-				t.Errorf("X-Request-Id = %q, want the client's", wh.Get(RequestIDHeader))
+			if wh.Get(requestIDHeader) != "client-id-1" {
+				t.Errorf("X-Request-Id = %q, want the client's", wh.Get(requestIDHeader))
 			}
-			wh.Del(RequestIDHeader)
+			wh.Del(requestIDHeader)
 			if !reflect.DeepEqual(wh, bare.Header()) {
 				t.Errorf("headers = %v, want %v", wh, bare.Header())
 			}
@@ -229,12 +229,12 @@ func TestEchoedRequestIDIsNotDuplicated(t *testing.T) {
 		w := httptest.NewRecorder()
 		r := newRequest("GET", "/")
 		next := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
-			rw.Header().Add(RequestIDHeader, r.Header.Get(RequestIDHeader)) // as reverse_proxy copies it
+			rw.Header().Add(requestIDHeader, r.Header.Get(requestIDHeader)) // as reverse_proxy copies it
 			rw.WriteHeader(status)
 			return nil
 		})
 		_ = h.ServeHTTP(w, r, next)
-		if ids := w.Header().Values(RequestIDHeader); len(ids) != 1 {
+		if ids := w.Header().Values(requestIDHeader); len(ids) != 1 {
 			t.Errorf("status %d: X-Request-Id = %q, want one value", status, ids)
 		}
 	}
@@ -294,7 +294,7 @@ func TestHeadErrorHasNoBody(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			w := httptest.NewRecorder()
 			_ = h.ServeHTTP(w, newRequest(http.MethodHead, "/v1/x"), next)
-			if w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Type") != MediaType {
+			if w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Type") != mediaType {
 				t.Errorf("HEAD: got %d %q %q", w.Code, w.Header().Get("Content-Type"), w.Body)
 			}
 		})
@@ -379,14 +379,14 @@ func TestRequestID(t *testing.T) {
 		t.Run(tt.give, func(t *testing.T) {
 			r := newRequest("GET", "/")
 			if tt.give != "" {
-				r.Header[RequestIDHeader] = []string{tt.give}
+				r.Header[requestIDHeader] = []string{tt.give}
 			}
 			w := httptest.NewRecorder()
 			id := EnsureRequestID(w, r)
 			if (id == tt.give) != tt.keep {
 				t.Errorf("EnsureRequestID(%q) = %q, keep = %v", tt.give, id, tt.keep)
 			}
-			if !saneRequestID(id) || w.Header().Get(RequestIDHeader) != id || r.Header.Get(RequestIDHeader) != id {
+			if !saneRequestID(id) || w.Header().Get(requestIDHeader) != id || r.Header.Get(requestIDHeader) != id {
 				t.Errorf("id %q not sane or not on both request and response", id)
 			}
 		})
@@ -406,8 +406,8 @@ func TestSnakeCase(t *testing.T) {
 		"HTTPVersion":          "httpversion",
 		"already_exists":       "already_exists",
 	} {
-		if got := SnakeCase(give); got != want {
-			t.Errorf("SnakeCase(%q) = %q, want %q", give, got, want)
+		if got := snakeCase(give); got != want {
+			t.Errorf("snakeCase(%q) = %q, want %q", give, got, want)
 		}
 	}
 }
@@ -472,7 +472,7 @@ func BenchmarkPassThrough(b *testing.B) {
 	h := newHandler(b, &Handler{})
 	next := caddyhttp.HandlerFunc(okNext)
 	r := newRequest("GET", "/v1/events")
-	r.Header.Set(RequestIDHeader, "client-sent-id")
+	r.Header.Set(requestIDHeader, "client-sent-id")
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -491,7 +491,7 @@ func BenchmarkPassThroughNewID(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		clear(w.h)
-		delete(r.Header, RequestIDHeader)
+		delete(r.Header, requestIDHeader)
 		_ = h.ServeHTTP(w, r, next)
 	}
 }
@@ -549,7 +549,7 @@ func TestOneRenderingPath(t *testing.T) {
 	})
 	w := httptest.NewRecorder()
 	body := `{"type":"about:blank","title":"Conflict","status":409,"detail":"event 'E1' already exists","code":"already_exists","instance":"/v1/events","hint":{"use":"PUT"}}`
-	_ = h.ServeHTTP(w, newRequest("POST", "/v1/events"), backend(409, MediaType, body))
+	_ = h.ServeHTTP(w, newRequest("POST", "/v1/events"), backend(409, mediaType, body))
 	var m map[string]any
 	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
 		t.Fatal(err)
@@ -562,7 +562,7 @@ func TestOneRenderingPath(t *testing.T) {
 	}
 	// a backend's registered type is its own choice and stays
 	w = httptest.NewRecorder()
-	_ = h.ServeHTTP(w, newRequest("POST", "/v1/x"), backend(409, MediaType, `{"type":"https://example.net/probs/out-of-credit","title":"Out","status":409}`))
+	_ = h.ServeHTTP(w, newRequest("POST", "/v1/x"), backend(409, mediaType, `{"type":"https://example.net/probs/out-of-credit","title":"Out","status":409}`))
 	if !strings.Contains(w.Body.String(), `"type":"https://example.net/probs/out-of-credit"`) {
 		t.Errorf("a backend's own type was replaced: %s", w.Body)
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// MediaType is the media type of a problem document.
-const MediaType = "application/problem+json"
+// mediaType is the media type of a problem document.
+const mediaType = "application/problem+json"
 
 // TypeQuotaExceeded is the IANA-registered problem type for a 429.
 const TypeQuotaExceeded = "https://iana.org/assignments/http-problem-types#quota-exceeded"
@@ -49,7 +49,7 @@ type Problem struct {
 
 // New returns a problem with the status, its title and the default code.
 func New(status int, detail string) *Problem {
-	return &Problem{Status: status, Title: Title(status), Code: Code(status), Detail: detail}
+	return &Problem{Status: status, Title: title(status), Code: defaultCode(status), Detail: detail}
 }
 
 // Error returns a Caddy handler error carrying a problem, ready to be
@@ -111,10 +111,10 @@ func reservedMember(k string) bool {
 // response to HEAD has no body.
 func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 	if p.Title == "" {
-		p.Title = Title(p.Status)
+		p.Title = title(p.Status)
 	}
 	if p.Code == "" {
-		p.Code = Code(p.Status)
+		p.Code = defaultCode(p.Status)
 	}
 	if p.Type == "" {
 		p.Type = "about:blank"
@@ -140,7 +140,7 @@ func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) 
 	for _, k := range entityHeaders {
 		delete(h, k)
 	}
-	h.Set("Content-Type", MediaType)
+	h.Set("Content-Type", mediaType)
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	if r.Method != http.MethodHead {
@@ -159,8 +159,8 @@ var entityHeaders = []string{
 	"Etag", "Last-Modified", "Accept-Ranges", "Expires",
 }
 
-// Title is the problem title for a status: its reason phrase.
-func Title(status int) string {
+// title is the problem title for a status: its reason phrase.
+func title(status int) string {
 	if t := http.StatusText(status); t != "" {
 		return t
 	}
@@ -184,13 +184,13 @@ var codes = map[int]string{
 	http.StatusInternalServerError:   "internal_error",
 }
 
-// Code returns the default code slug for a status.
-func Code(status int) string {
+// defaultCode returns the default code slug for a status.
+func defaultCode(status int) string {
 	if c, ok := codes[status]; ok {
 		return c
 	}
 	if t := http.StatusText(status); t != "" {
-		return SnakeCase(t)
+		return snakeCase(t)
 	}
 	if status >= 500 {
 		return "server_error"
@@ -198,9 +198,9 @@ func Code(status int) string {
 	return "client_error"
 }
 
-// SnakeCase turns "Not Found", "NotPermitted" or "Request-URI Too Long" into
+// snakeCase turns "Not Found", "NotPermitted" or "Request-URI Too Long" into
 // "not_found", "not_permitted", "request_uri_too_long".
-func SnakeCase(s string) string {
+func snakeCase(s string) string {
 	var b strings.Builder
 	b.Grow(len(s) + 4)
 	prevLower := false
@@ -227,12 +227,12 @@ func SnakeCase(s string) string {
 	return b.String()
 }
 
-// FromError returns the problem an error stands for. A *Problem anywhere in
+// fromError returns the problem an error stands for. A *Problem anywhere in
 // the chain is used as it is; any other error becomes a problem with the
 // error's status (500 if none) and a detail that never reveals internals: a
 // 5xx gets the generic detail of its status, and a 4xx keeps the error's
 // message only when the `error` directive raised it.
-func FromError(err error) *Problem {
+func fromError(err error) *Problem {
 	status := http.StatusInternalServerError
 	var he caddyhttp.HandlerError
 	if errors.As(err, &he) && he.StatusCode != 0 {

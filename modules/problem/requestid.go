@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// RequestIDHeader carries the request id to the backend and back to the client.
-const RequestIDHeader = "X-Request-Id"
+// requestIDHeader carries the request id to the backend and back to the client.
+const requestIDHeader = "X-Request-Id"
 
 // maxRequestIDLen bounds a client-sent request id that is kept.
 const maxRequestIDLen = 64
@@ -17,21 +17,21 @@ const maxRequestIDLen = 64
 // kept, anything else is replaced by a new ULID. The id goes upstream in the
 // request's X-Request-Id header and back in the response's.
 func EnsureRequestID(w http.ResponseWriter, r *http.Request) string {
-	if ids := r.Header[RequestIDHeader]; len(ids) == 1 && saneRequestID(ids[0]) {
-		w.Header()[RequestIDHeader] = ids
+	if ids := r.Header[requestIDHeader]; len(ids) == 1 && saneRequestID(ids[0]) {
+		w.Header()[requestIDHeader] = ids
 		return ids[0]
 	}
 	var b [26]byte
 	putULID(&b, time.Now())
 	v := []string{string(b[:])} // both header maps share the value slice
-	r.Header[RequestIDHeader] = v
-	w.Header()[RequestIDHeader] = v
+	r.Header[requestIDHeader] = v
+	w.Header()[requestIDHeader] = v
 	return v[0]
 }
 
 // RequestIDFromRequest returns the request's id if it has a sane one.
 func RequestIDFromRequest(r *http.Request) string {
-	if ids := r.Header[RequestIDHeader]; len(ids) == 1 && saneRequestID(ids[0]) {
+	if ids := r.Header[requestIDHeader]; len(ids) == 1 && saneRequestID(ids[0]) {
 		return ids[0]
 	}
 	return ""

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dunglas/httpsfv"
+
+	"github.com/restgate/restgate/internal/identity"
 )
 
 // Zone is one limit: Events per Window for each key, with bursts up to Burst.
@@ -187,7 +189,7 @@ func (z *Zone) keyFor(r *http.Request, repl *caddy.Replacer) string {
 	switch z.Key {
 	case "":
 		if repl != nil {
-			if user, _ := repl.GetString("http.auth.user.id"); user != "" {
+			if user, _ := repl.GetString(identity.UserPlaceholder); user != "" {
 				return user
 			}
 		}

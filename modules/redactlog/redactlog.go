@@ -55,12 +55,12 @@ func (Filter) Filter(in zapcore.Field) zapcore.Field {
 	case caddyhttp.LoggableStringArray:
 		out := make(caddyhttp.LoggableStringArray, len(v))
 		for i, s := range v {
-			out[i] = URI(s)
+			out[i] = redactURI(s)
 		}
 		in.Interface = out
 	default:
 		if in.Type == zapcore.StringType {
-			in.String = URI(in.String)
+			in.String = redactURI(in.String)
 		}
 	}
 	return in
@@ -91,10 +91,10 @@ func (h headers) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
-// URI returns a request target with the value of every credential-like
+// redactURI returns a request target with the value of every credential-like
 // query parameter, and of every parameter holding a known key, replaced.
 // The rest of the target is left as it was sent.
-func URI(s string) string {
+func redactURI(s string) string {
 	path, query, ok := strings.Cut(s, "?")
 	if !ok || query == "" {
 		return s

@@ -44,8 +44,8 @@ func TestURI(t *testing.T) {
 		{"/v1/x", "/v1/x"},
 	}
 	for _, tt := range tests {
-		if got := URI(tt.give); got != tt.want {
-			t.Errorf("URI(%q) = %q, want %q", tt.give, got, tt.want)
+		if got := redactURI(tt.give); got != tt.want {
+			t.Errorf("redactURI(%q) = %q, want %q", tt.give, got, tt.want)
 		}
 	}
 }
