@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_etag ▶ … ▶ reverse_proxy / resources
+//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_idempotency ▶ api_etag ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -23,6 +23,7 @@ import (
 	"github.com/restgate/restgate/modules/apiauth"
 	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/etag"
+	"github.com/restgate/restgate/modules/idempotency"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/ratelimit"
 	_ "github.com/restgate/restgate/modules/redactlog"
@@ -42,6 +43,12 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("api_auth", httpcaddyfile.Before, "push")
 	httpcaddyfile.RegisterHandlerDirective("api_rate_limit", parse[ratelimit.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_rate_limit", httpcaddyfile.Before, "push")
+
+	// api_idempotency scopes keys to the authenticated principal, and a
+	// request a limit refuses never claims a key; it answers a retry
+	// before api_etag's cache or lock could act twice.
+	httpcaddyfile.RegisterHandlerDirective("api_idempotency", parse[idempotency.Handler])
+	httpcaddyfile.RegisterDirectiveOrder("api_idempotency", httpcaddyfile.Before, "push")
 
 	// api_etag hashes what the backend sent, so it sits inside encode (which
 	// then suffixes the ETag per encoding) and after every access check, so

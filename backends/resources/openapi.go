@@ -153,6 +153,7 @@ func (h *Handler) openAPI() ([]byte, error) {
 				listParams = append(listParams, obj{"name": n, "in": "query", "description": "equality filter", "schema": obj{"type": "string"}})
 			}
 		}
+		idemKey := obj{"$ref": "#/components/parameters/IdempotencyKey"}
 		create := errorResponses(400, 401, 403, 404, 409, 413, 415, 422, 429)
 		create["201"] = docResp("Created")
 		if c.Upsert {
@@ -166,7 +167,7 @@ func (h *Handler) openAPI() ([]byte, error) {
 		}}}}
 		paths[h.Prefix+base] = obj{
 			"get":  obj{"operationId": "list_" + c.Name, "summary": "List " + c.Name, "parameters": listParams, "responses": list},
-			"post": obj{"operationId": "create_" + singular(c), "summary": "Create a " + singular(c), "parameters": params, "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": create},
+			"post": obj{"operationId": "create_" + singular(c), "summary": "Create a " + singular(c), "parameters": append([]any{idemKey}, params...), "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": create},
 		}
 		itemParams := append(append([]any{}, params...), obj{"name": c.Key, "in": "path", "required": true, "schema": obj{"type": "string"}})
 		get := errorResponses(401, 403, 404, 429)
@@ -174,13 +175,15 @@ func (h *Handler) openAPI() ([]byte, error) {
 		get["304"] = obj{"description": "Not Modified"}
 		put := errorResponses(400, 401, 403, 404, 412, 413, 415, 422, 429)
 		put["200"] = docResp("Updated")
+		patch := errorResponses(400, 401, 403, 404, 409, 412, 413, 415, 422, 429)
+		patch["200"] = docResp("Updated")
 		del := errorResponses(401, 403, 404, 409, 412, 429)
 		del["204"] = obj{"description": "Deleted"}
 		paths[h.Prefix+base+"/{"+c.Key+"}"] = obj{
 			"parameters": itemParams,
 			"get":        obj{"operationId": "get_" + singular(c), "summary": "Get a " + singular(c), "responses": get},
 			"put":        obj{"operationId": "replace_" + singular(c), "summary": "Replace a " + singular(c), "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": put},
-			"patch":      obj{"operationId": "update_" + singular(c), "summary": "Update a " + singular(c) + " with a JSON merge patch", "requestBody": obj{"required": true, "content": obj{mergePatchType: obj{"schema": obj{"type": "object"}}, "application/json": obj{"schema": obj{"type": "object"}}}}, "responses": put},
+			"patch":      obj{"operationId": "update_" + singular(c), "summary": "Update a " + singular(c) + " with a JSON merge patch", "parameters": []any{idemKey}, "requestBody": obj{"required": true, "content": obj{mergePatchType: obj{"schema": obj{"type": "object"}}, "application/json": obj{"schema": obj{"type": "object"}}}}, "responses": patch},
 			"delete":     obj{"operationId": "delete_" + singular(c), "summary": "Delete a " + singular(c), "responses": del},
 		}
 	}
@@ -190,6 +193,13 @@ func (h *Handler) openAPI() ([]byte, error) {
 		"paths":   paths,
 		"components": obj{
 			"schemas": schemas,
+			"parameters": obj{
+				"IdempotencyKey": obj{
+					"name": "Idempotency-Key", "in": "header", "required": false,
+					"description": "Makes a retry of this request take effect once (draft-ietf-httpapi-idempotency-key-header): a quoted string unique to the operation, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\". A retry with the same key and request gets the first response (with Idempotent-Replayed: true); one while the first is in flight gets 409; the same key with another request gets 422.",
+					"schema": obj{"type": "string", "maxLength": 257},
+				},
+			},
 			"securitySchemes": obj{
 				"bearer": obj{"type": "http", "scheme": "bearer"},
 				"apiKey": obj{"type": "apiKey", "in": "header", "name": h.APIKeyHeader},

@@ -1,0 +1,82 @@
+package idempotency
+
+import (
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+)
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	api_idempotency [<matcher>] {
+//		methods  <methods...>
+//		paths    <paths...>
+//		required <paths...>
+//		ttl      <duration>
+//		max_body <size>
+//		max_size <size>
+//		docs_url <url>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var ok bool
+		switch opt {
+		case "methods":
+			for _, m := range d.RemainingArgs() {
+				h.Methods = append(h.Methods, strings.ToUpper(m))
+			}
+			ok = len(h.Methods) > 0
+		case "paths":
+			h.Paths = d.RemainingArgs()
+			ok = len(h.Paths) > 0
+		case "required":
+			h.Required = d.RemainingArgs()
+			ok = len(h.Required) > 0
+		case "docs_url":
+			ok = d.AllArgs(&h.DocsURL)
+		case "ttl":
+			var v string
+			if ok = d.AllArgs(&v); ok {
+				dur, err := caddy.ParseDuration(v)
+				if err != nil || dur <= 0 {
+					return d.Errf("ttl: invalid duration '%s' (use a duration such as 24h or 30m)", v)
+				}
+				h.TTL = caddy.Duration(dur)
+			}
+		case "max_body", "max_size":
+			var v string
+			if ok = d.AllArgs(&v); ok {
+				n, err := humanize.ParseBytes(v)
+				if err != nil || n == 0 || n > 1<<34 {
+					return d.Errf("%s: invalid size '%s' (use a size such as 1MiB or 64MiB)", opt, v)
+				}
+				if opt == "max_body" {
+					h.MaxBody = int(n)
+				} else {
+					h.MaxSize = int64(n)
+				}
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+		if !ok {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)
