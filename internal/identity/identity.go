@@ -28,6 +28,7 @@ const (
 	UserPlaceholder   = "http.auth.user.id"
 	ScopesPlaceholder = "http.auth.user.scopes"
 	KeyIDPlaceholder  = "http.auth.user.key_id"
+	IssuerPlaceholder = "http.auth.user.issuer" // a token's issuer
 )
 
 // authorizationConsumedVar is set when api_auth authenticated the request

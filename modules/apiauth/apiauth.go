@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/identity"
@@ -98,7 +99,13 @@ type Handler struct {
 	// How often key files are checked for changes. Default: 1s.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
+	// Issuers of signed bearer tokens (JWTs, SciTokens) accepted besides
+	// API keys. A bearer token shaped like a JWT is verified against its
+	// issuer; anything else is tried as an API key.
+	JWT []*JWTIssuer `json:"jwt,omitempty"`
+
 	keys         *atomic.Pointer[keySet] // swapped whole on reload
+	verified     verifiedTokens
 	files        []string
 	fileStates   map[string]fileState // what each key file held when last read (the watcher's only)
 	anonymous    map[string]bool
@@ -189,7 +196,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.keys.Store(ks)
+	if len(h.JWT) > 0 {
+		h.verified.cache, _ = lru.New[[sha256.Size]byte, *verifiedToken](verifiedCacheSize)
+		for _, j := range h.JWT {
+			if err := j.provision(ctx, h.logger, h.now); err != nil {
+				return err
+			}
+		}
+	}
 	switch {
+	case len(ks.byHash) == 0 && len(h.JWT) > 0:
 	case len(ks.byHash) == 0 && !h.Development:
 		return fmt.Errorf("no API keys configured: refusing to start an API that anyone can use. " +
 			"Create a key with `restgate api-key --user <name> --out <file>` and set `keys_file <file>`, " +
@@ -334,10 +350,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return problem.Error(http.StatusUnauthorized, "", "an API key is required: send it as `Authorization: Bearer <key>`")
 	}
 
-	k := h.lookup(token)
-	if k == nil {
+	k, err := h.authenticate(r.Context(), token, from)
+	if err != nil {
 		w.Header().Set("WWW-Authenticate", h.challengeBad)
-		return problem.Error(http.StatusUnauthorized, "invalid_key", "the API key is not valid")
+		return err
 	}
 	scope := h.scopeFor(r.Method)
 	if !k.has(scope) {
@@ -349,6 +365,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Set(identity.UserPlaceholder, k.userAny)
 		repl.Set(identity.ScopesPlaceholder, k.scopesAny)
 		repl.Set(identity.KeyIDPlaceholder, k.idAny)
+		if k.issuerAny != nil {
+			repl.Set(identity.IssuerPlaceholder, k.issuerAny)
+		}
 	}
 	r.Header[h.userHeader] = k.userHeader
 	r.Header[h.scopesHeader] = k.scopesHeader
@@ -368,7 +387,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-	err := next.ServeHTTP(rec, r)
+	err = next.ServeHTTP(rec, r)
 	status := rec.Status()
 	var he caddyhttp.HandlerError
 	if errors.As(err, &he) {
@@ -383,6 +402,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		zap.String("request_id", problem.RequestIDFromRequest(r)),
 	)
 	return err
+}
+
+// authenticate finds the principal of a credential: a bearer token shaped
+// like a JWT is verified against its issuer (once: a verified token is
+// cached until it expires or its issuer's keys change); anything else is
+// looked up as an API key. The error is the 401 problem.
+func (h *Handler) authenticate(ctx context.Context, token string, from source) (*key, error) {
+	jwtPossible := len(h.JWT) > 0 && from == fromAuthorization
+	if jwtPossible && strings.Count(token, ".") == 2 {
+		if k := h.cachedToken(sha256.Sum256([]byte(token)), h.now()); k != nil {
+			return k, nil
+		}
+	}
+	if jwtPossible && looksLikeJWT(token) {
+		k, err := h.verifyJWT(ctx, token)
+		if err != nil {
+			return nil, problem.Error(http.StatusUnauthorized, "invalid_token", "the bearer token is not valid")
+		}
+		return k, nil
+	}
+	if k := h.lookup(token); k != nil {
+		return k, nil
+	}
+	return nil, problem.Error(http.StatusUnauthorized, "invalid_key", "the API key is not valid")
 }
 
 // lookup returns the live key for token, or nil. Every token, well formed

@@ -448,6 +448,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		realm api
 		keep_credential
 		reload_interval 2s
+		public /v1/openapi.json /docs*
+		jwt https://issuer.example.org {
+			jwks_url    https://issuer.example.org/jwks.json
+			audience    https://api.example.org
+			algorithms  RS256 ES256
+			scope_map   storage.read:/ read
+			scope_map   storage.modify:/ write
+			leeway      10s
+		}
 	}`
 	var h Handler
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
@@ -455,17 +464,26 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	}
 	if h.KeysFile != "/etc/restgate/keys.yaml" || len(h.Keys) != 1 || h.Keys[0].User != "alice" || len(h.Keys[0].Scopes) != 2 ||
 		h.Anonymous[1] != "HEAD" || h.Scopes["DELETE"] != "admin" || h.Header != "X-Token" || !h.KeepCredential ||
-		time.Duration(h.ReloadInterval) != 2*time.Second {
+		time.Duration(h.ReloadInterval) != 2*time.Second || len(h.Public) != 2 {
 		t.Errorf("got %+v", h)
 	}
+	if len(h.JWT) != 1 || h.JWT[0].Issuer != "https://issuer.example.org" || h.JWT[0].JWKSURL != "https://issuer.example.org/jwks.json" ||
+		len(h.JWT[0].Algorithms) != 2 || h.JWT[0].ScopeMap["storage.modify:/"] != "write" || time.Duration(h.JWT[0].Leeway) != 10*time.Second {
+		t.Errorf("jwt: got %+v", h.JWT)
+	}
 	for name, in := range map[string]string{
-		"unknown":           "api_auth {\n nope\n}",
-		"duplicate file":    "api_auth {\n keys_file a\n keys_file b\n}",
-		"key without user":  "api_auth {\n key abc\n}",
-		"scope w/o methods": "api_auth {\n scope write\n}",
-		"bad interval":      "api_auth {\n reload_interval soon\n}",
-		"flag with arg":     "api_auth {\n development yes\n}",
-		"argument":          "api_auth x",
+		"unknown":              "api_auth {\n nope\n}",
+		"duplicate file":       "api_auth {\n keys_file a\n keys_file b\n}",
+		"key without user":     "api_auth {\n key abc\n}",
+		"scope w/o methods":    "api_auth {\n scope write\n}",
+		"bad interval":         "api_auth {\n reload_interval soon\n}",
+		"flag with arg":        "api_auth {\n development yes\n}",
+		"argument":             "api_auth x",
+		"jwt without issuer":   "api_auth {\n jwt {\n  audience a\n }\n}",
+		"jwt unknown option":   "api_auth {\n jwt https://i {\n  nope 1\n }\n}",
+		"jwt bad leeway":       "api_auth {\n jwt https://i {\n  leeway soon\n }\n}",
+		"jwt scope_map arity":  "api_auth {\n jwt https://i {\n  scope_map a\n }\n}",
+		"public without paths": "api_auth {\n public\n}",
 	} {
 		t.Run(name, func(t *testing.T) {
 			var h Handler

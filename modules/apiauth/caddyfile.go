@@ -23,6 +23,18 @@ import (
 //		keep_credential
 //		reload_interval <duration>
 //		development
+//		jwt <issuer> {
+//			jwks_url    <https url>
+//			audience    <audiences...>
+//			algorithms  <algs...>
+//			user_claim  <claim>
+//			scope_claim <claim>
+//			scope_map   <token scope> <scope>
+//			leeway      <duration>
+//			ca_file     <pem file>
+//			refresh     <duration>
+//			min_refetch <duration>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -32,7 +44,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if opt != "key" && opt != "scope" && opt != "public" {
+		if opt != "key" && opt != "scope" && opt != "public" && opt != "jwt" {
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -78,6 +90,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Anonymous = append(h.Anonymous, strings.ToUpper(m))
 			}
 			ok = len(args) > 0
+		case "jwt":
+			j, err := unmarshalJWT(d)
+			if err != nil {
+				return err
+			}
+			h.JWT = append(h.JWT, j)
+			ok = true
 		case "public":
 			args := d.RemainingArgs()
 			h.Public = append(h.Public, args...)
@@ -106,6 +125,73 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalJWT reads one `jwt <issuer> { ... }` block.
+func unmarshalJWT(d *caddyfile.Dispenser) (*JWTIssuer, error) {
+	j := new(JWTIssuer)
+	if !d.NextArg() {
+		return nil, d.Errf("jwt takes the issuer, as its tokens' iss claim names it")
+	}
+	j.Issuer = d.Val()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && opt != "scope_map" {
+			return nil, d.Errf("jwt %s: %s already specified", j.Issuer, opt)
+		}
+		seen[opt] = true
+		ok := true
+		switch opt {
+		case "jwks_url":
+			ok = d.AllArgs(&j.JWKSURL)
+		case "audience":
+			j.Audience = d.RemainingArgs()
+			ok = len(j.Audience) > 0
+		case "algorithms":
+			j.Algorithms = d.RemainingArgs()
+			ok = len(j.Algorithms) > 0
+		case "user_claim":
+			ok = d.AllArgs(&j.UserClaim)
+		case "scope_claim":
+			ok = d.AllArgs(&j.ScopeClaim)
+		case "ca_file":
+			ok = d.AllArgs(&j.CAFile)
+		case "scope_map":
+			var from, to string
+			if ok = d.AllArgs(&from, &to); ok {
+				if j.ScopeMap == nil {
+					j.ScopeMap = map[string]string{}
+				}
+				j.ScopeMap[from] = to
+			}
+		case "leeway", "refresh", "min_refetch":
+			var v string
+			if ok = d.AllArgs(&v); ok {
+				dur, err := caddy.ParseDuration(v)
+				if err != nil || dur < 0 {
+					return nil, d.Errf("jwt %s: %s: invalid duration '%s' (use a duration such as 30s or 5m)", j.Issuer, opt, v)
+				}
+				switch opt {
+				case "leeway":
+					j.Leeway = caddy.Duration(dur)
+				case "refresh":
+					j.Refresh = caddy.Duration(dur)
+				default:
+					j.MinRefetch = caddy.Duration(dur)
+				}
+			}
+		default:
+			return nil, d.Errf("jwt %s: unrecognized option '%s'", j.Issuer, opt)
+		}
+		if !ok {
+			return nil, d.ArgErr()
+		}
+	}
+	return j, nil
 }
 
 // Interface guard

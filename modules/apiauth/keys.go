@@ -51,6 +51,18 @@ type key struct {
 	userAny      any
 	scopesAny    any
 	idAny        any
+	issuerAny    any // for a token, its issuer; nil for an API key
+}
+
+// newKey builds the principal of an API key or a verified token, with its
+// header and placeholder values made once.
+func newKey(id, user string, scopes []string) *key {
+	k := &key{id: id, user: user, scopes: scopes}
+	k.scopesString = strings.Join(k.scopes, " ")
+	k.userAny, k.scopesAny, k.idAny = k.user, k.scopesString, k.id
+	k.userHeader = []string{k.user}
+	k.scopesHeader = []string{k.scopesString}
+	return k
 }
 
 func (k *key) has(scope string) bool { return slices.Contains(k.scopes, scope) }
@@ -142,26 +154,25 @@ func (e KeyEntry) load() (*key, error) {
 	if err != nil || len(raw) != sha256.Size {
 		return nil, fmt.Errorf("sha256 must be 64 hex digits")
 	}
-	k := &key{id: e.ID, user: e.User, scopes: e.Scopes}
-	copy(k.hash[:], raw)
-	if k.id == "" {
+	var hash [sha256.Size]byte
+	copy(hash[:], raw)
+	id := e.ID
+	if id == "" {
 		// an id that names the key in logs without revealing its hash
-		h := sha256.Sum256(k.hash[:])
-		k.id = "key-" + hex.EncodeToString(h[:4])
+		h := sha256.Sum256(hash[:])
+		id = "key-" + hex.EncodeToString(h[:4])
 	}
-	for _, s := range k.scopes {
+	for _, s := range e.Scopes {
 		if s == "" || strings.ContainsAny(s, " ,\r\n") {
 			return nil, fmt.Errorf("invalid scope %q", s)
 		}
 	}
+	k := newKey(id, e.User, e.Scopes)
+	k.hash = hash
 	if e.Expires != "" {
 		if k.expires, err = time.Parse(time.RFC3339, e.Expires); err != nil {
 			return nil, fmt.Errorf("expires: %v", err)
 		}
 	}
-	k.scopesString = strings.Join(k.scopes, " ")
-	k.userAny, k.scopesAny, k.idAny = k.user, k.scopesString, k.id
-	k.userHeader = []string{k.user}
-	k.scopesHeader = []string{k.scopesString}
 	return k, nil
 }
