@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_idempotency ▶ api_etag ▶ … ▶ reverse_proxy / resources
+//	encode ▶ api_errors ▶ api_cors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_idempotency ▶ api_etag ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -21,6 +21,8 @@ import (
 
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
+	"github.com/restgate/restgate/modules/cors"
+	"github.com/restgate/restgate/modules/docs"
 	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/etag"
 	"github.com/restgate/restgate/modules/idempotency"
@@ -32,6 +34,12 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("api_errors", parse[problem.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_errors", httpcaddyfile.Before, "push")
+
+	// api_cors right inside api_errors (so problems carry its headers) and
+	// before everything else: preflights are answered here, never counted
+	// by a limit, never asked for a key.
+	httpcaddyfile.RegisterHandlerDirective("api_cors", parse[cors.Handler])
+	httpcaddyfile.RegisterDirectiveOrder("api_cors", httpcaddyfile.Before, "push")
 
 	// The per-IP zone runs before auth (it throttles credential stuffing and
 	// counts failed authentications); the per-principal zone after it, so
@@ -55,6 +63,10 @@ func init() {
 	// that its cache never answers a request auth or a limit would refuse.
 	httpcaddyfile.RegisterHandlerDirective("api_etag", parse[etag.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_etag", httpcaddyfile.Before, "push")
+
+	// api_docs is a terminal handler: the API reference page.
+	httpcaddyfile.RegisterHandlerDirective("api_docs", parse[docs.Handler])
+	httpcaddyfile.RegisterDirectiveOrder("api_docs", httpcaddyfile.Before, "reverse_proxy")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
 	httpcaddyfile.RegisterHandlerDirective("resources", parse[resources.Handler])

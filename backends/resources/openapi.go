@@ -1,7 +1,9 @@
 package resources
 
 import (
+	"bytes"
 	"encoding/json"
+	"hash/fnv"
 	"net/http"
 	"slices"
 	"strconv"
@@ -20,13 +22,37 @@ func (h *Handler) serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", "GET, HEAD")
 		return h.fail(w, r, problem.New(http.StatusMethodNotAllowed, r.Method+" is not allowed here"))
 	}
-	w.Header().Set("ETag", h.openapiETag)
-	if httpcond.Evaluate(r, true, h.openapiETag, time.Time{}) == httpcond.NotModified {
+	server := serverURL(r)
+	etag := h.openapiETag[:len(h.openapiETag)-1] + "-" + strconv.FormatUint(fnvString(server), 36) + `"`
+	w.Header().Set("ETag", etag)
+	w.Header().Add("Vary", "Host")
+	if httpcond.Evaluate(r, true, etag, time.Time{}) == httpcond.NotModified {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
-	writeJSON(w, r, http.StatusOK, h.openapi)
+	quoted, _ := json.Marshal(server)
+	writeJSON(w, r, http.StatusOK, bytes.Replace(h.openapi, []byte(serverPlaceholder), quoted, 1))
 	return nil
+}
+
+// serverPlaceholder stands for the document's server URL, which is the
+// origin the request reached (so the document works on any host).
+const serverPlaceholder = `"restgate:server-url"`
+
+// serverURL is the origin a request reached: https when it came over TLS
+// (or a proxy said so), and its Host.
+func serverURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+func fnvString(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
 }
 
 // openAPI builds an OpenAPI 3.1 document of the collections.
@@ -64,17 +90,29 @@ func (h *Handler) openAPI() ([]byte, error) {
 			"required": []string{"total_count", "max_page"},
 		},
 	}
-	problemResp := func(desc string) obj {
-		return obj{"description": desc, "content": obj{"application/problem+json": obj{"schema": obj{"$ref": "#/components/schemas/Problem"}}}}
+	hdrRef := func(names ...string) obj {
+		out := obj{}
+		for _, n := range names {
+			out[n] = obj{"$ref": "#/components/headers/" + n}
+		}
+		return out
+	}
+	problemResp := func(desc string, status int) obj {
+		hdrs := hdrRef("X-Request-Id", "RateLimit", "RateLimit-Policy")
+		if status == http.StatusTooManyRequests {
+			hdrs["Retry-After"] = obj{"$ref": "#/components/headers/Retry-After"}
+		}
+		return obj{"description": desc, "headers": hdrs, "content": obj{"application/problem+json": obj{"schema": obj{"$ref": "#/components/schemas/Problem"}}}}
 	}
 	errorResponses := func(codes ...int) obj {
 		out := obj{}
 		for _, c := range codes {
-			out[strconv.Itoa(c)] = problemResp(http.StatusText(c))
+			out[strconv.Itoa(c)] = problemResp(http.StatusText(c), c)
 		}
 		return out
 	}
 	paths := obj{}
+	var tagList []any
 	for _, c := range h.Collections {
 		name := schemaName(c)
 		props := obj{}
@@ -84,6 +122,9 @@ func (h *Handler) openAPI() ([]byte, error) {
 			s := obj{}
 			if f.Type != "" {
 				s["type"] = f.Type
+			}
+			if f.Type == "array" {
+				s["items"] = obj{}
 			}
 			if len(f.Enum) > 0 {
 				s["enum"] = f.Enum
@@ -127,16 +168,16 @@ func (h *Handler) openAPI() ([]byte, error) {
 		schemas[name+"Input"] = input
 		ref := obj{"$ref": "#/components/schemas/" + name}
 		inRef := obj{"$ref": "#/components/schemas/" + name + "Input"}
-		docResp := func(desc string) obj {
+		docResp := func(desc string, extra ...string) obj {
 			return obj{
 				"description": desc,
-				"headers": obj{
-					"ETag":          obj{"schema": obj{"type": "string"}},
-					"Last-Modified": obj{"schema": obj{"type": "string"}},
-				},
-				"content": obj{"application/json": obj{"schema": ref}},
+				"headers":     hdrRef(append([]string{"ETag", "Last-Modified", "X-Request-Id", "RateLimit", "RateLimit-Policy"}, extra...)...),
+				"content":     obj{"application/json": obj{"schema": ref}},
 			}
 		}
+		tags := []string{c.Name}
+		tagList = append(tagList, obj{"name": c.Name, "description": "The " + c.Name + " collection" + parentNote(c)})
+		one := article(singular(c))
 		base, params := "/"+c.Name, []any{}
 		if c.parent != nil {
 			pk := c.parent.Key
@@ -155,45 +196,87 @@ func (h *Handler) openAPI() ([]byte, error) {
 		}
 		idemKey := obj{"$ref": "#/components/parameters/IdempotencyKey"}
 		create := errorResponses(400, 401, 403, 404, 409, 413, 415, 422, 429)
-		create["201"] = docResp("Created")
+		create["201"] = docResp("Created", "Location")
 		if c.Upsert {
 			create["200"] = docResp("Updated (upsert)")
 		}
 		list := errorResponses(401, 403, 404, 422, 429)
-		list["200"] = obj{"description": "A page of " + c.Name, "content": obj{"application/json": obj{"schema": obj{
+		list["200"] = obj{"description": "A page of " + c.Name, "headers": hdrRef("X-Request-Id", "RateLimit", "RateLimit-Policy"), "content": obj{"application/json": obj{"schema": obj{
 			"type":       "object",
 			"properties": obj{"items": obj{"type": "array", "items": ref}, "pagination": obj{"$ref": "#/components/schemas/Pagination"}},
 			"required":   []string{"items", "pagination"},
 		}}}}
 		paths[h.Prefix+base] = obj{
-			"get":  obj{"operationId": "list_" + c.Name, "summary": "List " + c.Name, "parameters": listParams, "responses": list},
-			"post": obj{"operationId": "create_" + singular(c), "summary": "Create a " + singular(c), "parameters": append([]any{idemKey}, params...), "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": create},
+			"get": obj{"operationId": "list_" + c.Name, "summary": "List " + c.Name, "tags": tags, "parameters": listParams, "responses": list,
+				"description": "A page of " + c.Name + " (`page` from 1, `limit` up to " + strconv.Itoa(maxLimit) + "), sorted by `sort` and filtered by `field=value`."},
+			"post": obj{"operationId": "create_" + singular(c), "summary": "Create " + one, "tags": tags, "parameters": append([]any{idemKey}, params...),
+				"description": "Creates " + one + "; `Location` names it. An existing key is a 409; invalid fields are a 422 with a pointer to each.", "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": create},
 		}
 		itemParams := append(append([]any{}, params...), obj{"name": c.Key, "in": "path", "required": true, "schema": obj{"type": "string"}})
 		get := errorResponses(401, 403, 404, 429)
 		get["200"] = docResp("The " + singular(c))
-		get["304"] = obj{"description": "Not Modified"}
-		put := errorResponses(400, 401, 403, 404, 412, 413, 415, 422, 429)
+		get["304"] = obj{"description": "Not Modified: the If-None-Match tag is current", "headers": hdrRef("ETag", "X-Request-Id")}
+		put := errorResponses(400, 401, 403, 404, 412, 413, 415, 422, 428, 429)
 		put["200"] = docResp("Updated")
-		patch := errorResponses(400, 401, 403, 404, 409, 412, 413, 415, 422, 429)
+		patch := errorResponses(400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429)
 		patch["200"] = docResp("Updated")
-		del := errorResponses(401, 403, 404, 409, 412, 429)
+		del := errorResponses(401, 403, 404, 409, 412, 428, 429)
 		del["204"] = obj{"description": "Deleted"}
 		paths[h.Prefix+base+"/{"+c.Key+"}"] = obj{
 			"parameters": itemParams,
-			"get":        obj{"operationId": "get_" + singular(c), "summary": "Get a " + singular(c), "responses": get},
-			"put":        obj{"operationId": "replace_" + singular(c), "summary": "Replace a " + singular(c), "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": put},
-			"patch":      obj{"operationId": "update_" + singular(c), "summary": "Update a " + singular(c) + " with a JSON merge patch", "parameters": []any{idemKey}, "requestBody": obj{"required": true, "content": obj{mergePatchType: obj{"schema": obj{"type": "object"}}, "application/json": obj{"schema": obj{"type": "object"}}}}, "responses": patch},
-			"delete":     obj{"operationId": "delete_" + singular(c), "summary": "Delete a " + singular(c), "responses": del},
+			"get": obj{"operationId": "get_" + singular(c), "summary": "Get " + one, "tags": tags, "responses": get,
+				"parameters": []any{obj{"$ref": "#/components/parameters/IfNoneMatch"}}, "description": "The " + singular(c) + ", with its ETag; `If-None-Match` with a current tag is a 304."},
+			"put": obj{"operationId": "replace_" + singular(c), "summary": "Replace " + one, "tags": tags, "responses": put,
+				"parameters": []any{obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Replaces the whole " + singular(c) + ". With `If-Match`, a stale tag is a 412 and nothing changes.",
+				"requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}},
+			"patch": obj{"operationId": "update_" + singular(c), "summary": "Update " + one + " with a JSON merge patch", "tags": tags, "responses": patch,
+				"parameters": []any{idemKey, obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Applies a JSON merge patch (RFC 7396). With `If-Match`, a stale tag is a 412 and nothing changes.",
+				"requestBody": obj{"required": true, "content": obj{mergePatchType: obj{"schema": obj{"type": "object"}}, "application/json": obj{"schema": obj{"type": "object"}}}}},
+			"delete": obj{"operationId": "delete_" + singular(c), "summary": "Delete " + one, "tags": tags, "responses": del,
+				"parameters": []any{obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Deletes the " + singular(c) + h.cascadeNote(c) + ". With `If-Match`, a stale tag is a 412."},
 		}
 	}
+	paths[h.Prefix+"/health"] = obj{"get": obj{
+		"operationId": "health", "summary": "Health check", "tags": []string{"service"}, "security": []any{},
+		"description": "Answers while the gateway is up; needs no key.",
+		"responses": obj{"200": obj{"description": "Up", "content": obj{"application/json": obj{"schema": obj{
+			"type": "object", "properties": obj{"status": obj{"type": "string"}, "version": obj{"type": "string"}}, "required": []string{"status", "version"},
+		}}}}},
+	}}
+	paths[h.Prefix+"/openapi.json"] = obj{"get": obj{
+		"operationId": "openapi", "summary": "This document", "tags": []string{"service"}, "security": []any{},
+		"description": "The OpenAPI 3.1 description of this API, generated from the configured collections; needs no key.",
+		"responses": obj{"200": obj{"description": "The document", "content": obj{"application/json": obj{"schema": obj{"type": "object"}}}}},
+	}}
+	tagList = append(tagList, obj{"name": "service", "description": "Health and the API description"})
+	oneKey := "Send one API key per request: either `Authorization: Bearer <key>` or `" + h.APIKeyHeader + ": <key>`, never both (two different keys are a 400)."
+	header := func(desc string, schema obj) obj { return obj{"description": desc, "schema": schema} }
+	str := obj{"type": "string"}
 	doc := obj{
 		"openapi": "3.1.0",
-		"info":    obj{"title": "restgate resources", "version": "v1"},
+		"info": obj{"title": "restgate resources", "version": "v1",
+			"description": "Conventional REST collections behind the restgate gateway: API keys with scopes, rate limits (RateLimit headers), ETags with conditional requests, Idempotency-Key, and RFC 9457 problem details for every error.",
+			"contact":     obj{"name": "restgate", "url": "https://github.com/restgate/restgate"},
+			"license":     obj{"name": "See the repository", "url": "https://github.com/restgate/restgate"}},
+		"servers": []any{obj{"url": "restgate:server-url", "description": "the host this document was fetched from"}},
+		"tags":    tagList,
 		"paths":   paths,
 		"components": obj{
 			"schemas": schemas,
+			"headers": obj{
+				"ETag":             header("The representation's entity tag, for If-Match and If-None-Match", str),
+				"Last-Modified":    header("When the representation last changed", str),
+				"Location":         header("The created resource", obj{"type": "string", "format": "uri-reference"}),
+				"X-Request-Id":     header("The request's id, also in every problem's request_id and the access log", str),
+				"RateLimit":        header("Quota left per policy: \"name\";r=<requests left>;t=<seconds until more> (draft-ietf-httpapi-ratelimit-headers)", str),
+				"RateLimit-Policy": header("The quota policies: \"name\";q=<requests>;w=<window seconds>", str),
+				"Retry-After":      header("Seconds until a retry can succeed", obj{"type": "integer", "minimum": 0}),
+			},
 			"parameters": obj{
+				"IfMatch": obj{"name": "If-Match", "in": "header", "required": false, "schema": str,
+					"description": "Optimistic locking: the ETag you read. A stale tag is a 412 and nothing changes; `*` requires that the resource exists."},
+				"IfNoneMatch": obj{"name": "If-None-Match", "in": "header", "required": false, "schema": str,
+					"description": "The ETag you hold: a 304 without a body if it is still current."},
 				"IdempotencyKey": obj{
 					"name": "Idempotency-Key", "in": "header", "required": false,
 					"description": "Makes a retry of this request take effect once (draft-ietf-httpapi-idempotency-key-header): a quoted string unique to the operation, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\". A retry with the same key and request gets the first response (with Idempotent-Replayed: true); one while the first is in flight gets 409; the same key with another request gets 422.",
@@ -201,13 +284,39 @@ func (h *Handler) openAPI() ([]byte, error) {
 				},
 			},
 			"securitySchemes": obj{
-				"bearer": obj{"type": "http", "scheme": "bearer"},
-				"apiKey": obj{"type": "apiKey", "in": "header", "name": h.APIKeyHeader},
+				"bearer": obj{"type": "http", "scheme": "bearer", "description": oneKey},
+				"apiKey": obj{"type": "apiKey", "in": "header", "name": h.APIKeyHeader, "description": oneKey},
 			},
 		},
-		"security": []any{obj{"bearer": []string{}}, obj{"apiKey": []string{}}},
+		// one requirement: a request carries one credential
+		"security": []any{obj{"bearer": []string{}}},
 	}
 	return json.Marshal(doc)
+}
+
+// article puts "a" or "an" before a noun.
+func article(noun string) string {
+	if noun != "" && strings.ContainsRune("aeiouAEIOU", rune(noun[0])) {
+		return "an " + noun
+	}
+	return "a " + noun
+}
+
+func parentNote(c *Collection) string {
+	if c.parent == nil {
+		return ""
+	}
+	return ", nested under " + c.parent.Name
+}
+
+// cascadeNote says what else a delete removes.
+func (h *Handler) cascadeNote(c *Collection) string {
+	for _, child := range h.Collections {
+		if child.parent == c && child.Cascade {
+			return " and its " + child.Name
+		}
+	}
+	return ""
 }
 
 func schemaName(c *Collection) string {
