@@ -21,9 +21,9 @@ import (
 
 	"github.com/restgate/restgate/backends/resources"
 	"github.com/restgate/restgate/modules/apiauth"
+	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/cors"
 	"github.com/restgate/restgate/modules/docs"
-	_ "github.com/restgate/restgate/modules/apihost"
 	"github.com/restgate/restgate/modules/etag"
 	"github.com/restgate/restgate/modules/idempotency"
 	"github.com/restgate/restgate/modules/problem"

@@ -246,7 +246,7 @@ func (h *Handler) openAPI() ([]byte, error) {
 	paths[h.Prefix+"/openapi.json"] = obj{"get": obj{
 		"operationId": "openapi", "summary": "This document", "tags": []string{"service"}, "security": []any{},
 		"description": "The OpenAPI 3.1 description of this API, generated from the configured collections; needs no key.",
-		"responses": obj{"200": obj{"description": "The document", "content": obj{"application/json": obj{"schema": obj{"type": "object"}}}}},
+		"responses":   obj{"200": obj{"description": "The document", "content": obj{"application/json": obj{"schema": obj{"type": "object"}}}}},
 	}}
 	tagList = append(tagList, obj{"name": "service", "description": "Health and the API description"})
 	oneKey := "Send one API key per request: either `Authorization: Bearer <key>` or `" + h.APIKeyHeader + ": <key>`, never both (two different keys are a 400)."
@@ -280,7 +280,7 @@ func (h *Handler) openAPI() ([]byte, error) {
 				"IdempotencyKey": obj{
 					"name": "Idempotency-Key", "in": "header", "required": false,
 					"description": "Makes a retry of this request take effect once (draft-ietf-httpapi-idempotency-key-header): a quoted string unique to the operation, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\". A retry with the same key and request gets the first response (with Idempotent-Replayed: true); one while the first is in flight gets 409; the same key with another request gets 422.",
-					"schema": obj{"type": "string", "maxLength": 257},
+					"schema":      obj{"type": "string", "maxLength": 257},
 				},
 			},
 			"securitySchemes": obj{

@@ -322,7 +322,7 @@ func TestKeyRotation(t *testing.T) {
 	if n := is.fetches.Load() - before; n != 1 {
 		t.Errorf("%d JWKS fetches for the new kid, want 1", n)
 	}
-	is.publish(ecSigner) // the issuer drops the old key
+	is.publish(ecSigner)                                            // the issuer drops the old key
 	if _, err := h.JWT[0].fetch(context.Background()); err != nil { // what the refresh loop does when the cache expires
 		t.Fatal(err)
 	}
