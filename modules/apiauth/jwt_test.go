@@ -29,6 +29,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/restgate/restgate/internal/testclock"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -159,7 +160,7 @@ func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration) *Handl
 			ScopeMap:   map[string]string{"storage.read:/": "read", "storage.modify:/": "write"},
 			MinRefetch: caddy.Duration(minRefetch),
 		}},
-		now: advancing(testNow, time.Millisecond),
+		now: testclock.New(testNow, time.Millisecond).Now,
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -167,19 +168,6 @@ func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration) *Handl
 		t.Fatal(err)
 	}
 	return h
-}
-
-// advancing is a clock that moves by step on every read, as real time
-// does (a frozen clock would hide the refetch interval).
-func advancing(start time.Time, step time.Duration) func() time.Time {
-	var mu sync.Mutex
-	now := start
-	return func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		now = now.Add(step)
-		return now
-	}
 }
 
 func TestJWTAccepted(t *testing.T) {

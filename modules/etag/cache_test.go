@@ -220,13 +220,11 @@ func TestRFC9111(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, clk := newETag(t, "api_etag {\n cache\n}")
-			clk.mu.Lock()
-			clk.t = start
-			clk.mu.Unlock()
+			clk.Set(start)
 			o := &scripted{script: tt.script}
 			var last *httptest.ResponseRecorder
 			for _, rq := range tt.requests {
-				clk.add(rq.advance)
+				clk.Add(rq.advance)
 				w, err := call(h, o, "GET", "/v1/doc", rq.user, "", rq.headers...)
 				if err != nil {
 					t.Fatal(err)
@@ -260,7 +258,7 @@ func TestRevalidationIsRaceFree(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 50 {
-				clk.add(300 * time.Millisecond)
+				clk.Add(300 * time.Millisecond)
 				if w, err := call(h, o, "GET", "/r", "", ""); err != nil || w.Body.String() != "body" {
 					t.Errorf("read: %v %q", err, w.Body)
 					return

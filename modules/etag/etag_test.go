@@ -17,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/restgate/restgate/internal/testclock"
 )
 
 // origin is a backend that knows nothing of ETags: a map of path → body,
@@ -73,33 +75,14 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// now advances the clock a millisecond on every read, as real time does:
-// a frozen clock hides what depends on time passing between two reads.
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(time.Millisecond)
-	return c.t
-}
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newETag(t testing.TB, cfg string) (*Handler, *clock) {
+func newETag(t testing.TB, cfg string) (*Handler, *testclock.Clock) {
 	t.Helper()
 	h := new(Handler)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(cfg)); err != nil {
 		t.Fatal(err)
 	}
-	c := &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
-	h.now = c.now
+	c := testclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC), time.Millisecond)
+	h.now = c.Now
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
@@ -295,7 +278,7 @@ func TestCache(t *testing.T) {
 	if w.Header().Get("Cache-Status") != "restgate; fwd=uri-miss; stored" {
 		t.Fatalf("first GET: Cache-Status %q", w.Header().Get("Cache-Status"))
 	}
-	clk.add(10 * time.Second)
+	clk.Add(10 * time.Second)
 	w, _ = call(h, o, "GET", "/v1/e/1", "", "")
 	if w.Header().Get("Cache-Status") != "restgate; hit" || w.Header().Get("Age") != "10" || w.Body.String() != `{"n":1}` || o.gets.Load() != 1 {
 		t.Errorf("hit: %q age %q body %q gets %d", w.Header().Get("Cache-Status"), w.Header().Get("Age"), w.Body, o.gets.Load())
@@ -310,7 +293,7 @@ func TestCache(t *testing.T) {
 		t.Errorf("no-cache: gets %d, %q", o.gets.Load(), w.Header().Get("Cache-Status"))
 	}
 	// stale after max-age
-	clk.add(61 * time.Second)
+	clk.Add(61 * time.Second)
 	call(h, o, "GET", "/v1/e/1", "", "")
 	if o.gets.Load() != 3 {
 		t.Errorf("a stale entry was served: gets %d", o.gets.Load())

@@ -18,35 +18,18 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/restgate/restgate/internal/testclock"
 )
 
-// clock is an injected clock that moves a millisecond on every read.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(time.Millisecond)
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newHandler(t testing.TB, cfg string) (*Handler, *clock) {
+func newHandler(t testing.TB, cfg string) (*Handler, *testclock.Clock) {
 	t.Helper()
 	h := new(Handler)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(cfg)); err != nil {
 		t.Fatal(err)
 	}
-	c := &clock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
-	h.now = c.now
+	c := testclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC), time.Millisecond)
+	h.now = c.Now
 	h.store = newMemStore(64 << 20) // each test its own
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -225,12 +208,12 @@ func TestKeysExpire(t *testing.T) {
 	h, clk := newHandler(t, "api_idempotency {\n ttl 1h\n}")
 	b := &backend{}
 	send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-	clk.add(59 * time.Minute)
+	clk.Add(59 * time.Minute)
 	send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
 	if b.calls.Load() != 1 {
 		t.Fatalf("a retry within the TTL ran again")
 	}
-	clk.add(2 * time.Minute)
+	clk.Add(2 * time.Minute)
 	if w, _ := send(h, b, req{body: `{"other": 1}`, headers: []string{KeyHeader, key}}); w.Code != 201 || b.calls.Load() != 2 {
 		t.Errorf("an expired key: %d, backend calls %d; want a new request", w.Code, b.calls.Load())
 	}

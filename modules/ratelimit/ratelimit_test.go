@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,34 +19,15 @@ import (
 	"github.com/dunglas/httpsfv"
 	"go.uber.org/zap"
 
+	"github.com/restgate/restgate/internal/testclock"
 	"github.com/restgate/restgate/modules/problem"
 )
-
-// fakeClock is an injected clock the test moves by hand. Every read also
-// moves it on by a microsecond, as real time does: a frozen clock once hid
-// refunds that did nothing once any time had passed.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(time.Microsecond)
-	return c.t
-}
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 var zoneSeq int
 
 // newLimiter provisions a handler from Caddyfile text with a fake clock.
 // Each zone gets a unique name so tests never share pooled state.
-func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *fakeClock) {
+func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *testclock.Clock) {
 	t.Helper()
 	h := new(Handler)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(cfg)); err != nil {
@@ -56,8 +36,8 @@ func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *fakeClock) {
 	if h.ShareRefunds != ip {
 		t.Fatalf("%q: ShareRefunds = %v, want %v", cfg, h.ShareRefunds, ip)
 	}
-	clock := &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
-	h.now = clock.now
+	clock := testclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC), time.Microsecond)
+	h.now = clock.Now
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
@@ -124,7 +104,7 @@ func TestAccuracy(t *testing.T) {
 			}
 		}
 		if i < seconds*int(time.Second/step) {
-			clock.add(step)
+			clock.Add(step)
 		}
 	}
 	if want := 5 + 10*seconds; admitted != want {
@@ -185,11 +165,11 @@ func TestHeadersAndRefusal(t *testing.T) {
 		t.Errorf("429: t = %v, Retry-After = %d; want them equal", tt, ra)
 	}
 	// the client that waits Retry-After gets in; one second less does not
-	clock.add(time.Duration(ra-1) * time.Second)
+	clock.Add(time.Duration(ra-1) * time.Second)
 	if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); status(err) != 429 {
 		t.Error("admitted before Retry-After")
 	}
-	clock.add(time.Second)
+	clock.Add(time.Second)
 	if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); err != nil {
 		t.Errorf("refused after Retry-After: %v", err)
 	}
@@ -213,7 +193,7 @@ func TestRefunds(t *testing.T) {
 	ipName, userName := uniq("ip"), uniq("user")
 	ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+ipName+" 100/1m\n}", true)
 	userH, _ := newLimiter(t, "api_rate_limit {\n zone "+userName+" 2/1m\n zone "+uniq("post")+" 1/1m {\n  methods POST\n }\n}", false)
-	userH.now = clock.now
+	userH.now = clock.Now
 	chain := func(method string) int {
 		r := request(method, "/", "192.0.2.1", "alice")
 		w := httptest.NewRecorder()
@@ -255,11 +235,11 @@ func TestRefunds(t *testing.T) {
 func TestRefundsAfterTimePasses(t *testing.T) {
 	ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+uniq("ip")+" 100/1m\n}", true)
 	userH, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("user")+" 1/1m\n}", false)
-	userH.now = clock.now
+	userH.now = clock.Now
 	chain := func() int {
 		r := request("GET", "/", "192.0.2.7", "alice")
 		err := ipH.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			clock.add(10 * time.Millisecond)
+			clock.Add(10 * time.Millisecond)
 			return userH.ServeHTTP(w, r, okNext)
 		}))
 		return status(err)
@@ -395,7 +375,7 @@ func TestStateSurvivesReload(t *testing.T) {
 		send(h1, request("GET", "/", "192.0.2.1", "a"))
 	}
 	h2, _ := newLimiter(t, "api_rate_limit {\n zone "+name+" 3/1h\n}", false)
-	h2.now = clock.now
+	h2.now = clock.Now
 	_ = h1.Cleanup() // the old config goes away after the new one is up
 	if _, err := send(h2, request("GET", "/", "192.0.2.1", "a")); status(err) != 429 {
 		t.Error("the bucket was reset by the reload")
