@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -90,6 +91,43 @@ func TestDefaultCaddyfile(t *testing.T) {
 				t.Errorf("a key reached the log:\n%s", g.Logs())
 			}
 		}
+	})
+
+	t.Run("another name still gets a handshake and a problem", func(t *testing.T) {
+		for _, name := range []string{"localhost", "127.0.0.1", ""} {
+			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", g.HTTPS), &tls.Config{
+				ServerName: name, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"},
+				// verify by hand: the API host's certificate, from the gateway's CA
+				VerifyConnection: func(cs tls.ConnectionState) error {
+					inter := x509.NewCertPool()
+					for _, c := range cs.PeerCertificates[1:] {
+						inter.AddCert(c)
+					}
+					_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: g.ca, Intermediates: inter, DNSName: "api.localhost"})
+					return err
+				},
+			})
+			if err != nil {
+				t.Errorf("TLS to %q: %v", name, err)
+				continue
+			}
+			fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n", name, g.HTTPS)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			conn.Close()
+			if err != nil || resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/problem+json" {
+				t.Errorf("GET https://%s: %v %v", name, err, resp)
+			}
+		}
+	})
+
+	t.Run("the access log has the request id", func(t *testing.T) {
+		r := Do(t, c, "GET", g.URL("/v1/health"), "", "X-Request-Id", "trace-me-123")
+		if r.Header.Get("X-Request-Id") != "trace-me-123" {
+			t.Fatalf("X-Request-Id = %q", r.Header.Get("X-Request-Id"))
+		}
+		waitFor(t, 5*time.Second, "a log line with the request id", func() bool {
+			return strings.Contains(g.Logs(), `"request_id":"trace-me-123"`)
+		})
 	})
 
 	t.Run("HSTS on the API host", func(t *testing.T) {

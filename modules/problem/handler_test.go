@@ -624,3 +624,13 @@ func TestMalformedRequestsAreClientErrors(t *testing.T) {
 		t.Errorf("unreadable body: %d %s, want a 400 naming the chunked encoding", w.Code, w.Body)
 	}
 }
+
+// TestProblemsReadWell: no HTML escaping in a problem's JSON.
+func TestProblemsReadWell(t *testing.T) {
+	h := newHandler(t, &Handler{})
+	w := httptest.NewRecorder()
+	_ = h.ServeHTTP(w, newRequest("GET", "/v1/x"), failing(Error(401, "", "an API key is required: send it as `Authorization: Bearer <key>` & retry")))
+	if body := w.Body.String(); !strings.Contains(body, "Bearer <key>` & retry") || strings.Contains(body, `\u003c`) {
+		t.Errorf("problem body: %s", body)
+	}
+}

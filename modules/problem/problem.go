@@ -5,6 +5,7 @@
 package problem
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -74,7 +75,7 @@ func (p *Problem) Error() string {
 // sorted order.
 func (p *Problem) MarshalJSON() ([]byte, error) {
 	type plain Problem // no methods: no recursion
-	b, err := json.Marshal((*plain)(p))
+	b, err := marshal((*plain)(p))
 	if err != nil || len(p.Extensions) == 0 {
 		return b, err
 	}
@@ -87,7 +88,7 @@ func (p *Problem) MarshalJSON() ([]byte, error) {
 	if len(ext) == 0 {
 		return b, nil
 	}
-	e, err := json.Marshal(ext)
+	e, err := marshal(ext)
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +97,19 @@ func (p *Problem) MarshalJSON() ([]byte, error) {
 	out = append(out, b[:len(b)-1]...)
 	out = append(out, ',')
 	return append(out, e[1:]...), nil
+}
+
+// marshal is json.Marshal without HTML escaping, so that a problem reads
+// well in a terminal (`<key>`, not `\u003ckey\u003e`); problems are
+// application/problem+json, never embedded in HTML.
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 func reservedMember(k string) bool {
@@ -125,10 +139,10 @@ func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 	if p.Instance == "" && r.URL != nil {
 		p.Instance = r.URL.Path
 	}
-	body, err := json.Marshal(p)
+	body, err := marshal(p)
 	if err != nil { // only an unmarshalable extension can do this
 		p.Extensions = nil
-		body, _ = json.Marshal(p)
+		body, _ = marshal(p)
 	}
 	writeBody(w, r, p.Status, body)
 }
