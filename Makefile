@@ -5,6 +5,7 @@ SHELL := bash
 
 GO        ?= go
 BIN       := bin/restgate
+RESTGATE_VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 CADDY_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/caddyserver/caddy/v2)
 # The module proxy here answers 403 (not 404) for unpublished modules; a `|`
 # fallback lets xcaddy's local replacement of restgate work.
@@ -17,7 +18,7 @@ export RESTGATE_DATA ?= $(CURDIR)/data
 .PHONY: build run test lint fmt bench xcaddy xcaddy-check clean
 
 build: ## bin/restgate: Caddy's standard modules plus restgate's
-	$(GO) build -o $(BIN) ./cmd/restgate
+	$(GO) build -ldflags "-X main.version=$(RESTGATE_VERSION)" -o $(BIN) ./cmd/restgate
 
 run: build ## serve the default Caddyfile in the foreground
 	@mkdir -p "$(RESTGATE_DATA)"

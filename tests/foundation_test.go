@@ -208,8 +208,9 @@ func TestCommands(t *testing.T) {
 		}
 		return string(b)
 	}
-	if v := out("version"); !strings.HasPrefix(v, "v2.") {
-		t.Errorf("version = %q", v)
+	// Caddy's version, then restgate's own
+	if v := out("version"); !strings.HasPrefix(v, "v2.") || !strings.Contains(v, " restgate ") {
+		t.Errorf("version = %q, want Caddy's version and restgate's", v)
 	}
 	mods := out("list-modules")
 	for _, id := range []string{"http.matchers.api_host", "http.handlers.api_errors", "http.handlers.reverse_proxy"} {
