@@ -181,20 +181,30 @@ func (j *JWTIssuer) provision(ctx caddy.Context, logger *zap.Logger, now func() 
 	// until its keys arrive
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := j.fetch(fctx); err != nil {
+	maxAge, err := j.fetch(fctx)
+	if err != nil {
 		j.logger.Warn("the issuer's JWKS cannot be fetched yet: its tokens are refused until it can; retrying in the background",
 			zap.Error(err))
 	}
-	go j.refreshLoop(ctx)
+	go j.refreshLoop(ctx, j.nextRefresh(maxAge, err))
 	return nil
 }
 
-// refreshLoop fetches the JWKS again when it expires, until ctx ends.
-func (j *JWTIssuer) refreshLoop(ctx caddy.Context) {
-	next := time.Duration(j.MinRefetch)
-	if j.keys.Load() != nil {
-		next = time.Duration(j.Refresh)
+// nextRefresh is when to fetch the JWKS again after a fetch: when its
+// max-age runs out (within [MinRefetch, 24h]), after Refresh without one,
+// and after MinRefetch when it failed.
+func (j *JWTIssuer) nextRefresh(maxAge time.Duration, err error) time.Duration {
+	switch {
+	case err != nil:
+		return time.Duration(j.MinRefetch)
+	case maxAge > 0:
+		return min(max(maxAge, time.Duration(j.MinRefetch)), maxRefresh)
 	}
+	return time.Duration(j.Refresh)
+}
+
+// refreshLoop fetches the JWKS again when it expires, until ctx ends.
+func (j *JWTIssuer) refreshLoop(ctx caddy.Context, next time.Duration) {
 	for {
 		t := time.NewTimer(next)
 		select {
@@ -206,14 +216,7 @@ func (j *JWTIssuer) refreshLoop(ctx caddy.Context) {
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		maxAge, err := j.fetch(fctx)
 		cancel()
-		switch {
-		case err != nil:
-			next = time.Duration(j.MinRefetch)
-		case maxAge > 0:
-			next = min(max(maxAge, time.Duration(j.MinRefetch)), maxRefresh)
-		default:
-			next = time.Duration(j.Refresh)
-		}
+		next = j.nextRefresh(maxAge, err)
 	}
 }
 

@@ -40,12 +40,13 @@ type issuerServer struct {
 	caFile  string
 	mu      sync.Mutex
 	keys    []jose.JSONWebKey
+	maxAge  int // the JWKS's Cache-Control max-age, seconds
 	fetches atomic.Int64
 }
 
 func newIssuerServer(t testing.TB) *issuerServer {
 	t.Helper()
-	is := &issuerServer{}
+	is := &issuerServer{maxAge: 300}
 	is.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/.well-known/openid-configuration":
@@ -54,7 +55,7 @@ func newIssuerServer(t testing.TB) *issuerServer {
 			is.fetches.Add(1)
 			is.mu.Lock()
 			defer is.mu.Unlock()
-			w.Header().Set("Cache-Control", "max-age=300")
+			w.Header().Set("Cache-Control", fmt.Sprintf("max-age=%d", is.maxAge))
 			_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: is.keys})
 		default:
 			w.WriteHeader(404)
@@ -316,6 +317,30 @@ func TestKeyRotation(t *testing.T) {
 	}
 	if _, _, err := serve(h, "GET", "Authorization", "Bearer "+old); statusOf(err) != 401 {
 		t.Errorf("a token of a dropped key: %d, want 401", statusOf(err))
+	}
+}
+
+// TestCacheControlExpiry: the JWKS is fetched again when its max-age runs
+// out, in the background; then a dropped key's tokens stop working.
+func TestCacheControlExpiry(t *testing.T) {
+	is := newIssuerServer(t)
+	is.maxAge = 1
+	is.publish(rsaSigner, ecSigner)
+	h := newJWTAuth(t, is, time.Millisecond)
+	old := mint(t, rsaSigner, claimsFor(is, "storage.read:/"), nil)
+	if _, _, err := serve(h, "GET", "Authorization", "Bearer "+old); err != nil {
+		t.Fatal(err)
+	}
+	is.publish(ecSigner) // the issuer drops the RSA key; nobody asks the gateway to refetch
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, err := serve(h, "GET", "Authorization", "Bearer "+old); statusOf(err) == 401 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dropped key's token still worked 10s after the JWKS's 1s max-age ran out")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
