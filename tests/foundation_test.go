@@ -41,8 +41,10 @@ func TestDefaultCaddyfile(t *testing.T) {
 		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), "", bearer("tester")...), 404)
 		// without a key, /v1 paths are 401 before anything says whether they exist
 		AssertProblem(t, Do(t, c, "GET", g.URL("/v1/nothing/here"), ""), 401)
-		AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 404)
-		AssertProblem(t, Do(t, c, "HEAD", g.URL("/nothing"), ""), 404)
+		// every path that is not declared public needs a key first (fail closed)
+		AssertProblem(t, Do(t, c, "GET", g.URL("/"), ""), 401)
+		AssertProblem(t, Do(t, c, "GET", g.URL("/"), "", bearer("tester")...), 404)
+		AssertProblem(t, Do(t, c, "HEAD", g.URL("/nothing"), "", bearer("tester")...), 404)
 	})
 
 	t.Run("other host is a JSON 404", func(t *testing.T) {

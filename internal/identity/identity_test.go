@@ -1,8 +1,12 @@
 package identity
 
 import (
+	"context"
 	"net/http/httptest"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestScrub(t *testing.T) {
@@ -33,5 +37,46 @@ func TestScrub(t *testing.T) {
 	ScrubTrailers(r)
 	if _, ok := r.Trailer["X-Auth-Scopes"]; ok {
 		t.Error("a protected trailer that arrived with the body survived")
+	}
+}
+
+func TestGuard(t *testing.T) {
+	type key struct{}
+	r := httptest.NewRequest("GET", "/", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	locked := Lock(r)
+	if locked.Context().Err() != ErrUnprotected {
+		t.Fatalf("locked context: Err() = %v", locked.Context().Err())
+	}
+	select {
+	case <-locked.Context().Done():
+	default:
+		t.Fatal("a locked context is not done")
+	}
+	// values added after locking survive the unlock; derived contexts follow
+	later := locked.WithContext(context.WithValue(locked.Context(), key{}, "kept"))
+	if Passed(later) {
+		t.Fatal("passed before the unlock")
+	}
+	unlocked := Unlock(later)
+	if err := unlocked.Context().Err(); err != nil || unlocked.Context().Value(key{}) != "kept" || !Passed(r) {
+		t.Fatalf("unlocked: Err() = %v, value %v, passed %v", err, unlocked.Context().Value(key{}), Passed(r))
+	}
+	derived, cancel := context.WithCancel(unlocked.Context())
+	defer cancel()
+	if derived.Err() != nil {
+		t.Error("a context derived from an unlocked one is done")
+	}
+	// the client going away still cancels what was unlocked
+	live, stop := context.WithCancel(context.Background())
+	r2 := httptest.NewRequest("GET", "/", nil).WithContext(context.WithValue(live, caddyhttp.VarsCtxKey, map[string]any{}))
+	u2 := Unlock(Lock(r2))
+	d2, cancel2 := context.WithCancel(u2.Context())
+	defer cancel2()
+	stop()
+	select {
+	case <-d2.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client's cancellation did not reach a context derived after the unlock")
 	}
 }

@@ -335,7 +335,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// CORS preflights carry no credentials by design
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		return next.ServeHTTP(w, r)
+		return next.ServeHTTP(w, identity.Unlock(r))
 	}
 
 	token, presence, from := credential(r.Header, h.keyHeader)
@@ -344,7 +344,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return problem.Error(http.StatusBadRequest, "conflicting_credentials", "the request carries two different API keys")
 	case credNone:
 		if h.anonymous[r.Method] || (len(h.Public) > 0 && h.Public.Match(r)) {
-			return next.ServeHTTP(w, r)
+			return next.ServeHTTP(w, identity.Unlock(r)) // anonymous or public, by declaration
 		}
 		w.Header().Set("WWW-Authenticate", h.challenge)
 		return problem.Error(http.StatusUnauthorized, "", "an API key is required: send it as `Authorization: Bearer <key>`")
@@ -383,6 +383,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
+	r = identity.Unlock(r)
 	if safeMethods[r.Method] {
 		return next.ServeHTTP(w, r)
 	}

@@ -223,6 +223,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if ok {
 			h.preflight(hdr, r, origin)
 		}
+		identity.Answered(r) // the gateway's own answer: nothing was served
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}

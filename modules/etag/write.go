@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
@@ -51,6 +53,9 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	if err := h.bufferBody(r); err != nil {
 		return err
 	}
+	// next runs up to three times: each run starts from the route groups
+	// matched so far, as the first would
+	groups := snapshotRouteGroups(r)
 	unlock, err := h.locks.lock(r.Context(), canon.Key(r), time.Duration(h.LockTimeout))
 	if err != nil {
 		return problem.Error(http.StatusServiceUnavailable, "resource_busy",
@@ -58,7 +63,7 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	}
 	defer unlock()
 
-	cur := h.probe(r, next)
+	cur := h.probe(groups.fresh(r), next)
 	if !cur.known() {
 		if c := h.logger.Check(zap.WarnLevel, "cannot read the resource to check a precondition; refusing the write"); c != nil {
 			c.Write(zap.String("request_id", problem.RequestIDFromRequest(r)), zap.String("uri", r.URL.Path),
@@ -83,14 +88,14 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	}
 	hw := hold.Get(w, h.MaxBody, hold.Stream, heldWrite(r.Method))
 	defer hold.Put(hw)
-	err = next.ServeHTTP(hw, r)
+	err = next.ServeHTTP(hw, groups.fresh(r))
 	h.invalidateAfter(r, w.Header(), hw.Status())
 	if err != nil || !hw.Held() {
 		return err
 	}
 	// the write succeeded: learn the new representation's ETag, still under the lock
 	if w.Header().Get("Etag") == "" {
-		if after := h.probe(r, next); after.err == nil && after.status == http.StatusOK {
+		if after := h.probe(groups.fresh(r), next); after.err == nil && after.status == http.StatusOK {
 			w.Header().Set("ETag", after.etag)
 		}
 	}
@@ -98,6 +103,27 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	w.WriteHeader(hw.Status())
 	_, err = w.Write(hw.Body())
 	return err
+}
+
+// routeGroupsKey is where Caddy keeps, per request, the route groups
+// (mutually exclusive `handle` blocks) that have matched: a second run of
+// next through the same groups would find them taken and skip them.
+var routeGroupsKey = caddy.CtxKey("route_group")
+
+type routeGroups map[string]struct{}
+
+// snapshotRouteGroups copies the groups matched before this handler.
+func snapshotRouteGroups(r *http.Request) routeGroups {
+	g, _ := r.Context().Value(routeGroupsKey).(map[string]struct{})
+	return maps.Clone(g)
+}
+
+// fresh returns r with its own copy of the snapshot, for one run of next.
+func (g routeGroups) fresh(r *http.Request) *http.Request {
+	if g == nil {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), routeGroupsKey, map[string]struct{}(maps.Clone(g))))
 }
 
 // heldWrite holds a successful write's response, which will carry the new

@@ -14,6 +14,7 @@ import (
 //		max_error_body <size>
 //		title  <status> <text>
 //		detail <status> <text>
+//		require_auth
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -43,6 +44,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s: invalid size '%s' (1 B to 16 MiB, such as 64KiB)", opt, v)
 			}
 			h.MaxErrorBody = int(size)
+		case "require_auth":
+			if h.RequireAuth || d.CountRemainingArgs() != 0 {
+				return d.ArgErr()
+			}
+			h.RequireAuth = true
 		case "title", "detail":
 			args := d.RemainingArgs()
 			if len(args) != 2 {

@@ -55,6 +55,14 @@ type Handler struct {
 	// status code (e.g. `"404"`).
 	Statuses map[string]StatusOverride `json:"statuses,omitempty"`
 
+	// Fail closed: every request must pass an api_auth (authenticated, or
+	// anonymous or public by its declaration) before anything serves it. A
+	// request that reaches a handler without that is refused with a 500
+	// problem and an error log line naming the route: reverse_proxy never
+	// sends it (its context is done until api_auth lets it through), and a
+	// success from a handler that ignores its context is not sent.
+	RequireAuth bool `json:"require_auth,omitempty"`
+
 	overrides map[int]StatusOverride
 	logger    *zap.Logger
 }
@@ -130,9 +138,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.Body = body
 	}
 
-	hw := hold.Get(w, h.MaxErrorBody, hold.Truncate, holdErrors)
+	shouldHold := holdErrors
+	if h.RequireAuth {
+		outer := r
+		r = identity.Lock(r)
+		shouldHold = func(status int, hdr http.Header) bool {
+			// a success nothing let through is held back, to be refused
+			return holdErrors(status, hdr) || !identity.Passed(outer)
+		}
+	}
+	hw := hold.Get(w, h.MaxErrorBody, hold.Truncate, shouldHold)
 	defer hold.Put(hw)
 	err := next.ServeHTTP(hw, r)
+	if h.RequireAuth && !identity.Passed(r) && (errors.Is(err, identity.ErrUnprotected) || (err == nil && hw.Held() && hw.Status() < 400)) {
+		h.refuseUnprotected(w, r)
+		return nil
+	}
 	switch {
 	case err != nil && hw.WroteHeader() && !hw.Held():
 		// the response has started: nothing can be rewritten; let the server log it
@@ -162,6 +183,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.write(w, r, p)
 	}
 	return nil
+}
+
+// refuseUnprotected answers a request that reached a handler on a route
+// without api_auth: a configuration error, logged for the operator.
+func (h *Handler) refuseUnprotected(w http.ResponseWriter, r *http.Request) {
+	h.logger.Error("refused a request on a route that is not behind api_auth: add api_auth to the route, or declare its paths public (api_auth { public ... })",
+		zap.String("request_id", RequestIDFromRequest(r)),
+		zap.String("method", r.Method),
+		zap.String("host", r.Host),
+		zap.String("uri", r.URL.Path))
+	p := New(http.StatusInternalServerError, "this route is not protected by the gateway's authentication, so it is not served; the operator has been told")
+	p.Code = "unprotected_route"
+	h.write(w, r, p)
 }
 
 // holdErrors holds every error response for rewriting. A backend that

@@ -1,0 +1,85 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// ErrUnprotected is the error of a request context that api_errors locked
+// (`require_auth`) and nothing unlocked: no api_auth checked the request,
+// and no public declaration covered it.
+var ErrUnprotected = errors.New("this route on the API host is not behind api_auth and is not declared public")
+
+// The fail-closed guard. api_errors (with require_auth) hands the rest of
+// the chain a request whose context is already done, with ErrUnprotected:
+// anything that honours its context — reverse_proxy's transport first,
+// which refuses a done context before it dials — does nothing. api_auth
+// unlocks the request it passes on, once it has authenticated it or found
+// it public: the context is then the client's again, with every value
+// added since. Handlers that ignore their context (respond, file_server)
+// are caught on the way out: a success that was never unlocked is refused.
+
+type lockedCtx struct{ context.Context }
+
+type liveKey struct{}
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (lockedCtx) Done() <-chan struct{}                   { return closed }
+func (lockedCtx) Err() error                              { return ErrUnprotected }
+func (lockedCtx) Deadline() (deadline time.Time, ok bool) { return time.Time{}, false }
+
+func (l lockedCtx) Value(key any) any {
+	if key == (liveKey{}) {
+		return l.Context // the client's context
+	}
+	return l.Context.Value(key)
+}
+
+// unlockedCtx keeps the values of the locked chain and the liveness of
+// the client's context.
+type unlockedCtx struct {
+	context.Context // for values
+	live            context.Context
+}
+
+func (u unlockedCtx) Done() <-chan struct{}                   { return u.live.Done() }
+func (u unlockedCtx) Err() error                              { return u.live.Err() }
+func (u unlockedCtx) Deadline() (deadline time.Time, ok bool) { return u.live.Deadline() }
+
+// AfterFunc lets contexts derived from this one follow the client's
+// without a goroutine each (context.WithCancel looks for it).
+func (u unlockedCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(u.live, f) }
+
+const passedVar = "restgate.auth.passed"
+
+// Lock returns r with a done context: see ErrUnprotected.
+func Lock(r *http.Request) *http.Request {
+	return r.WithContext(lockedCtx{r.Context()})
+}
+
+// Unlock returns r with the client's live context back, and records that
+// the request was let through (authenticated or public). A request that
+// was never locked is returned as it is.
+func Unlock(r *http.Request) *http.Request {
+	caddyhttp.SetVar(r.Context(), passedVar, true)
+	live, ok := r.Context().Value(liveKey{}).(context.Context)
+	if !ok || r.Context().Err() != ErrUnprotected {
+		return r
+	}
+	return r.WithContext(unlockedCtx{Context: r.Context(), live: live})
+}
+
+// Answered records that the gateway answered r itself (a CORS preflight):
+// nothing behind it served the request.
+func Answered(r *http.Request) { caddyhttp.SetVar(r.Context(), passedVar, true) }
+
+// Passed reports whether api_auth let r through (or the gateway answered it).
+func Passed(r *http.Request) bool {
+	ok, _ := caddyhttp.GetVar(r.Context(), passedVar).(bool)
+	return ok
+}
