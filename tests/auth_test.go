@@ -392,3 +392,62 @@ func TestIdentityCannotBeSpoofed(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIKeyManagement: list (never a hash), revoke (the running gateway
+// drops the key), and an entry printed for `>> key-file`.
+func TestAPIKeyManagement(t *testing.T) {
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{})
+	c := g.Client()
+	file := filepath.Join(g.Dir, "api-keys.yaml")
+	run := func(args ...string) (stdout, stderr string, err error) {
+		cmd := exec.Command(binary, args...)
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err = cmd.Run()
+		return o.String(), e.String(), err
+	}
+	// an entry printed for appending: the key on stderr only
+	out, errOut, err := run("api-key", "--user", "gina", "--id", "gina-1", "--scopes", "read")
+	if err != nil {
+		t.Fatalf("api-key: %v\n%s", err, errOut)
+	}
+	token := regexp.MustCompile(`rg_[A-Za-z0-9_-]{43}`).FindString(errOut)
+	if token == "" || strings.Contains(out, token) || !strings.HasPrefix(out, "  - id: gina-1\n") {
+		t.Fatalf("stdout %q must be the entry alone; stderr %q the key", out, errOut)
+	}
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(out); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	gina := []string{"Authorization", "Bearer " + token}
+	waitFor(t, 10*time.Second, "the appended key to work", func() bool {
+		r, err := Send(c, "GET", g.URL("/v1/events"), "", gina...)
+		return err == nil && r.StatusCode == 200
+	})
+	// list: ids, users, scopes; never a hash
+	list, errOut, err := run("api-key", "list", "--file", file)
+	if err != nil {
+		t.Fatalf("list: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(list, "gina-1") || !strings.Contains(list, "gina") || !strings.Contains(list, "tester") || regexp.MustCompile(`[0-9a-f]{64}`).MatchString(list) {
+		t.Errorf("list:\n%s", list)
+	}
+	// revoke: the running gateway stops accepting the key
+	if _, errOut, err := run("api-key", "revoke", "gina-1", "--file", file); err != nil {
+		t.Fatalf("revoke: %v\n%s", err, errOut)
+	}
+	waitFor(t, 10*time.Second, "the revoked key to be refused", func() bool {
+		r, err := Send(c, "GET", g.URL("/v1/events"), "", gina...)
+		return err == nil && r.StatusCode == 401
+	})
+	if _, _, err := run("api-key", "revoke", "no-such-id", "--file", file); err == nil {
+		t.Error("revoking an unknown id succeeded")
+	}
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("tester")...); r.StatusCode != 200 {
+		t.Errorf("another key after the revoke: %d", r.StatusCode)
+	}
+}

@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,7 +34,14 @@ and prints the entry for api_auth's key file: only the key's SHA-256 hash
 is stored, so the key cannot be shown again.
 
 --out appends the entry to a key file (created with mode 0600 if needed);
-a running gateway picks it up within its reload interval.`,
+a running gateway picks it up within its reload interval. Without --out,
+the key goes to standard error and the entry to standard output, so that
+  restgate api-key --user alice >> api-keys.yaml
+appends the entry (and only the entry) to a key file's keys: list.
+
+  restgate api-key list --file <key file>       the keys: id, user, scopes, expiry (never a hash)
+  restgate api-key revoke <id> --file <key file> removes a key (a running gateway drops it within
+                                                 its reload interval)`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("user", "", "the user the key authenticates (required)")
 			cmd.Flags().String("scopes", "read,write", "comma-separated scopes")
@@ -39,6 +49,14 @@ a running gateway picks it up within its reload interval.`,
 			cmd.Flags().String("expires", "", "when the key expires: an RFC 3339 time, or a duration such as 2160h")
 			cmd.Flags().String("out", "", "append the entry to this key file")
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdAPIKey)
+
+			list := &cobra.Command{Use: "list --file <key file>", Short: "Lists the keys of a key file (never their hashes)", Args: cobra.NoArgs}
+			list.Flags().String("file", "", "the key file (required)")
+			list.RunE = caddycmd.WrapCommandFuncForCobra(cmdAPIKeyList)
+			revoke := &cobra.Command{Use: "revoke <id> --file <key file>", Short: "Removes a key from a key file", Args: cobra.ExactArgs(1)}
+			revoke.Flags().String("file", "", "the key file (required)")
+			revoke.RunE = caddycmd.WrapCommandFuncForCobra(cmdAPIKeyRevoke)
+			cmd.AddCommand(list, revoke)
 		},
 	})
 }
@@ -90,7 +108,67 @@ func cmdAPIKey(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	fmt.Printf("API key for %s (shown once; store it now):\n\n  %s\n\nKey-file entry:\n\n%s", user, token, b)
+	// the key to the terminal; the entry, as an item of the keys: list, to
+	// standard output, so that `>> api-keys.yaml` appends it and only it
+	fmt.Fprintf(os.Stderr, "API key for %s (shown once; store it now):\n\n  %s\n\nIts key-file entry follows on standard output.\n", user, token)
+	fmt.Print(strings.TrimPrefix(string(b), "keys:\n"))
+	return 0, nil
+}
+
+func cmdAPIKeyList(fl caddycmd.Flags) (int, error) {
+	path := fl.String("file")
+	if path == "" {
+		return caddy.ExitCodeFailedStartup, errors.New("--file is required")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	kf, err := decodeKeyFile(path, b)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tUSER\tSCOPES\tEXPIRES")
+	for _, e := range kf.Keys {
+		k, err := e.load()
+		if err != nil {
+			return caddy.ExitCodeFailedStartup, fmt.Errorf("%s: %v", path, err)
+		}
+		expires := "never"
+		if e.Expires != "" {
+			expires = e.Expires
+			if !k.expires.After(time.Now()) {
+				expires += " (expired)"
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", k.id, k.user, strings.Join(k.scopes, ","), expires)
+	}
+	for _, user := range slices.Sorted(maps.Values(kf.APIKeys)) {
+		fmt.Fprintf(w, "(plaintext)\t%s\t%s\tnever\n", user, strings.Join(defaultScopes, ","))
+	}
+	return 0, w.Flush()
+}
+
+func cmdAPIKeyRevoke(fl caddycmd.Flags) (int, error) {
+	path, id := fl.String("file"), fl.Arg(0)
+	if path == "" {
+		return caddy.ExitCodeFailedStartup, errors.New("--file is required")
+	}
+	err := editKeyFile(path, false, func(kf *keyFile) error {
+		for i, e := range kf.Keys {
+			k, err := e.load()
+			if err == nil && k.id == id {
+				kf.Keys = slices.Delete(kf.Keys, i, i+1)
+				return nil
+			}
+		}
+		return fmt.Errorf("no key with id %q in %s (see `restgate api-key list --file %s`)", id, path, path)
+	})
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	fmt.Printf("revoked %s; a running gateway stops accepting it within its reload interval\n", id)
 	return 0, nil
 }
 
@@ -106,6 +184,27 @@ func newToken() (string, error) {
 // it over the old one so that a watching gateway never reads half a file,
 // under a lock so that concurrent runs never lose an entry.
 func appendEntry(path string, e KeyEntry) error {
+	return editKeyFile(path, true, func(kf *keyFile) error {
+		kf.Keys = append(kf.Keys, e)
+		return nil
+	})
+}
+
+// decodeKeyFile reads a key file's content; an empty one has no keys.
+func decodeKeyFile(path string, b []byte) (keyFile, error) {
+	var kf keyFile
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&kf); err != nil && len(bytes.TrimSpace(b)) > 0 {
+		return kf, fmt.Errorf("%s is not a key file: %v", path, err)
+	}
+	return kf, nil
+}
+
+// editKeyFile changes a key file under its lock, writing a new file and
+// renaming it over the old one so that a watching gateway never reads half
+// a file. create allows a file that does not exist yet.
+func editKeyFile(path string, create bool, edit func(*keyFile) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
@@ -117,17 +216,17 @@ func appendEntry(path string, e KeyEntry) error {
 	var kf keyFile
 	b, err := os.ReadFile(path)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist) && create:
 	case err != nil:
 		return err
 	default:
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(&kf); err != nil && len(bytes.TrimSpace(b)) > 0 {
-			return fmt.Errorf("%s is not a key file: %v", path, err)
+		if kf, err = decodeKeyFile(path, b); err != nil {
+			return err
 		}
 	}
-	kf.Keys = append(kf.Keys, e)
+	if err := edit(&kf); err != nil {
+		return err
+	}
 	out, err := marshalKeyFile(kf)
 	if err != nil {
 		return err
