@@ -290,6 +290,9 @@ func TestSlowBodiesAreCutOff(t *testing.T) {
 		select {
 		case d := <-closed:
 			t.Logf("a trickling upload was cut off after %v", d.Round(10*time.Millisecond))
+			if d < 900*time.Millisecond {
+				t.Errorf("cut off after %v: before read_body (1s) ran out, so something else closed it", d)
+			}
 			return
 		case <-tick.C:
 			_, _ = conn.Write([]byte("x"))

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/restgate/restgate/internal/testclock"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -50,7 +51,7 @@ func newAuth(t testing.TB, h *Handler) *Handler {
 			{User: "olga", SHA256: hashOf(oldKey), Scopes: []string{"read"}, Expires: "2026-10-01T00:00:00Z"},
 		}
 	}
-	h.now = func() time.Time { return testNow }
+	h.now = testclock.New(testNow, time.Millisecond).Now // moves on every read
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
@@ -302,7 +303,7 @@ func TestKeySources(t *testing.T) {
 	writeKeys(fmt.Sprintf("keys:\n  - user: alice\n    sha256: %s\n    scopes: [read]\napi_keys:\n  plaintoken: bob\n", hashOf("alice-key")))
 
 	t.Setenv(EnvAPIKey, "envtoken:carol,alice-key:alice-from-env")
-	h := newWatchless(t, &Handler{KeysFile: file, now: func() time.Time { return testNow }})
+	h := newWatchless(t, &Handler{KeysFile: file, now: testclock.New(testNow, time.Millisecond).Now})
 	userOf := func(token string) string {
 		if k := h.lookup(token); k != nil {
 			return k.user

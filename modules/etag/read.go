@@ -19,7 +19,6 @@ const (
 	statusMiss           = "restgate; fwd=uri-miss"
 	statusMissStored     = "restgate; fwd=uri-miss; stored"
 	statusRequest        = "restgate; fwd=request"
-	statusRequestStored  = "restgate; fwd=request; stored"
 	statusRequest304     = "restgate; fwd=request; fwd-status=304"
 	statusStale          = "restgate; fwd=stale"
 	statusStaleStored    = "restgate; fwd=stale; fwd-status=200; stored"

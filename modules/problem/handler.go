@@ -30,8 +30,10 @@ const defaultMaxErrorBody = 64 << 10
 // errors returned by the handlers it wraps (restgate's, Caddy's own such as
 // `request_body`'s 413 or `reverse_proxy`'s 502/503/504, the `error`
 // directive), and error responses (status ≥ 400) written by backends in any
-// shape. Only error responses are buffered, up to MaxErrorBody; 1xx, 2xx and
-// 3xx responses stream through untouched.
+// shape. Only error responses (and, with RequireAuth, a success that no
+// api_auth let through, which is then refused) are buffered, up to
+// MaxErrorBody; every other 1xx, 2xx and 3xx response streams through
+// untouched.
 //
 // Inside `handle_errors` it renders the error that Caddy is handling. A
 // request that nothing inside it answered (Caddy's empty 200 when no route

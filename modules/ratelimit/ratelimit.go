@@ -1,5 +1,5 @@
 // Package ratelimit implements http.handlers.api_rate_limit: token buckets
-// (golang.org/x/time/rate) per principal or per client IP in bounded LRUs,
+// (store.go) per principal or per client IP in bounded LRUs,
 // all-or-nothing across zones, with the IETF RateLimit-Policy and RateLimit
 // headers on every response.
 package ratelimit
