@@ -15,16 +15,19 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 TEST_LOG  := .test.log
 export RESTGATE_DATA ?= $(CURDIR)/data
 
-.PHONY: build run test lint fmt bench xcaddy xcaddy-check clean
+.PHONY: build run reload test lint fmt bench xcaddy xcaddy-check clean
 
 build: ## bin/restgate: Caddy's standard modules plus restgate's
 	$(GO) build -ldflags "-X main.version=$(RESTGATE_VERSION)" -o $(BIN) ./cmd/restgate
 
 run: build ## serve the default Caddyfile in the foreground
 	@mkdir -p "$(RESTGATE_DATA)"
-	@test -s "$(RESTGATE_DATA)/api-keys.yaml" || $(BIN) api-key --user dev --id dev --scopes read,write,admin --out "$(RESTGATE_DATA)/api-keys.yaml"
+	@scripts/dev-key.sh $(BIN) "$(RESTGATE_DATA)"
 	@scripts/run-banner.sh "$(RESTGATE_DATA)" &
 	exec $(BIN) run --config Caddyfile --adapter caddyfile
+
+reload: ## reload the gateway `make run` started, from the same environment (a reload from a shell without its RESTGATE_* variables is refused)
+	$(BIN) reload --config Caddyfile --adapter caddyfile --force
 
 test: build ## every unit (with -race), golden-adapt and integration test; a skipped test fails the run
 	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true

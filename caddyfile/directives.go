@@ -26,6 +26,7 @@ import (
 	"github.com/restgate/restgate/modules/docs"
 	"github.com/restgate/restgate/modules/etag"
 	"github.com/restgate/restgate/modules/idempotency"
+	_ "github.com/restgate/restgate/modules/instance"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/ratelimit"
 	_ "github.com/restgate/restgate/modules/redactlog"

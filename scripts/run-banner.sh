@@ -10,9 +10,11 @@ cat >&2 <<MSG
 
   restgate is serving https://api.localhost:$port
   local CA root certificate: $root
-  try:  curl --cacert $root https://api.localhost:$port/v1/health
-        curl --cacert $root -H "Authorization: Bearer \$KEY" https://api.localhost:$port/v1/events
-  (\$KEY: the development key printed when $data/api-keys.yaml was created;
-   only its hash is stored. Make another: bin/restgate api-key --user you --out $data/api-keys.yaml)
+  try:  CA=$root KEY=\$(cat $data/dev.key)
+        curl --cacert \$CA https://api.localhost:$port/v1/health
+        curl --cacert \$CA -H "Authorization: Bearer \$KEY" https://api.localhost:$port/v1/events
+  (dev.key holds the development key for these examples; api-keys.yaml only its hash.
+   Another key: bin/restgate api-key --user you --out $data/api-keys.yaml)
+  metrics: http://${RESTGATE_ADMIN:-localhost:2019}/metrics
 
 MSG

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,17 +14,7 @@ import (
 // TestNewServiceIsProtected: a service added to the default Caddyfile the
 // way Caddy teaches, with no other edit, needs a key and gets the chain.
 func TestNewServiceIsProtected(t *testing.T) {
-	widgets := echoBackend(t)
-	cfg := strings.Replace(repoFile(t, "Caddyfile"), "\t# The resource collections, served in-process", fmt.Sprintf(`	handle /v1/widgets* {
-		reverse_proxy %s {
-			import upstream
-		}
-	}
-
-	# The resource collections, served in-process`, widgets), 1)
-	if !strings.Contains(cfg, "/v1/widgets") {
-		t.Fatal("the default Caddyfile changed: no place for the widgets block")
-	}
+	cfg := withService(t, "/v1/widgets*", echoBackend(t))
 	g := StartGateway(t, cfg, Options{})
 	c := g.Client()
 	AssertProblem(t, Do(t, c, "GET", g.URL("/v1/widgets"), ""), 401)
@@ -31,6 +22,23 @@ func TestNewServiceIsProtected(t *testing.T) {
 	if r.StatusCode != 200 || !strings.HasPrefix(string(r.Body), "user=[alice]") || r.Header.Get("ETag") == "" || r.Header.Get("RateLimit") == "" {
 		t.Errorf("with a key: %d %q ETag %q RateLimit %q", r.StatusCode, r.Body, r.Header.Get("ETag"), r.Header.Get("RateLimit"))
 	}
+}
+
+// withService is the default Caddyfile with a service added the way the
+// README shows: one handle block with a reverse_proxy, no other edit.
+func withService(t *testing.T, path, upstream string) string {
+	t.Helper()
+	cfg := strings.Replace(repoFile(t, "Caddyfile"), "\t# The resource collections, served in-process", fmt.Sprintf(`	handle %s {
+		reverse_proxy %s {
+			import upstream
+		}
+	}
+
+	# The resource collections, served in-process`, path, upstream), 1)
+	if !strings.Contains(cfg, path) {
+		t.Fatal("the default Caddyfile changed: no place for the service's block")
+	}
+	return cfg
 }
 
 // TestUnprotectedRouteIsRefused: a configuration that lets a request reach
@@ -44,7 +52,7 @@ func TestUnprotectedRouteIsRefused(t *testing.T) {
 		fmt.Fprint(w, "secret data")
 	}))
 	t.Cleanup(backend.Close)
-	cfg := testGlobals("") + fmt.Sprintf(`https://api.localhost:{$RESTGATE_HTTPS_PORT} {
+	cfg := testGlobals("restgate") + fmt.Sprintf(`https://api.localhost:{$RESTGATE_HTTPS_PORT} {
 	tls internal
 	api_errors {
 		require_auth
@@ -69,6 +77,22 @@ func TestUnprotectedRouteIsRefused(t *testing.T) {
 `, strings.TrimPrefix(backend.URL, "http://"))
 	g := StartGateway(t, cfg, Options{})
 	c := g.Client()
+	// seen statically: `restgate validate` (and every load) warns, naming
+	// the routes
+	cmd := exec.Command(binary, "validate", "--config", g.Config, "--adapter", "caddyfile")
+	cmd.Env = g.Env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("validate: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"route":"host api.localhost → path /forgotten*","handler":"reverse_proxy"`, `"route":"host api.localhost → path /static","handler":"respond"`} {
+		if !strings.Contains(string(out), want) || !strings.Contains(g.Logs(), want) {
+			t.Errorf("validate output and startup log should warn with %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "/v1/*") {
+		t.Errorf("the protected route was reported:\n%s", out)
+	}
 	for _, path := range []string{"/forgotten", "/forgotten/x", "/static"} {
 		r := Do(t, c, "POST", g.URL(path), "{}", bearer("tester")...)
 		m := AssertProblem(t, r, 500)

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/identity"
+	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -138,6 +139,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.audit = h.logger.Named("audit")
+	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -196,6 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.keys.Store(ks)
+	metrics.KeysLoaded.Set(float64(len(ks.byHash)))
 	if len(h.JWT) > 0 {
 		h.verified.cache, _ = lru.New[[sha256.Size]byte, *verifiedToken](verifiedCacheSize)
 		for _, j := range h.JWT {
@@ -292,9 +297,12 @@ func (h *Handler) reloadIfChanged() (tried bool, err error) {
 	h.fileStates = states
 	if err != nil {
 		h.logger.Error("reloading API keys failed; keeping the previous keys", zap.Error(err))
+		metrics.KeyReloadFailed.Inc()
 		return true, err
 	}
 	h.keys.Store(ks)
+	metrics.KeyReloadOK.Inc()
+	metrics.KeysLoaded.Set(float64(len(ks.byHash)))
 	h.logger.Info("API keys reloaded", zap.Int("keys", len(ks.byHash)))
 	return true, nil
 }
@@ -335,32 +343,39 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// CORS preflights carry no credentials by design
 	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		metrics.AuthPreflight.Inc()
 		return next.ServeHTTP(w, identity.Unlock(r))
 	}
 
 	token, presence, from := credential(r.Header, h.keyHeader)
 	switch presence {
 	case credConflict:
+		metrics.AuthInvalid.Inc()
 		return problem.Error(http.StatusBadRequest, "conflicting_credentials", "the request carries two different API keys")
 	case credNone:
 		if h.anonymous[r.Method] || (len(h.Public) > 0 && h.Public.Match(r)) {
+			metrics.AuthAnonymous.Inc()
 			return next.ServeHTTP(w, identity.Unlock(r)) // anonymous or public, by declaration
 		}
+		metrics.AuthMissing.Inc()
 		w.Header().Set("WWW-Authenticate", h.challenge)
 		return problem.Error(http.StatusUnauthorized, "", "an API key is required: send it as `Authorization: Bearer <key>`")
 	}
 
 	k, err := h.authenticate(r.Context(), token, from)
 	if err != nil {
+		metrics.AuthInvalid.Inc()
 		w.Header().Set("WWW-Authenticate", h.challengeBad)
 		return err
 	}
 	scope := h.scopeFor(r.Method)
 	if !k.has(scope) {
+		metrics.AuthInsufficientScope.Inc()
 		w.Header().Set("WWW-Authenticate", h.challenge+`, error="insufficient_scope", scope="`+scope+`"`)
 		return problem.Error(http.StatusForbidden, "insufficient_scope", "this key lacks the "+scope+" scope that "+r.Method+" needs")
 	}
 
+	metrics.AuthOK.Inc()
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(identity.UserPlaceholder, k.userAny)
 		repl.Set(identity.ScopesPlaceholder, k.scopesAny)

@@ -21,6 +21,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/restgate/restgate/internal/flock"
 )
 
 func init() {
@@ -208,7 +210,7 @@ func editKeyFile(path string, create bool, edit func(*keyFile) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	unlock, err := lockFile(path)
+	unlock, err := flock.Lock(path + ".lock")
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/identity"
+	"github.com/restgate/restgate/internal/metrics"
 )
 
 // This file is the shared cache: who an entry may serve, what is stored
@@ -385,6 +386,7 @@ func newStore(maxBytes int64) *store {
 // s.mu held (every call that can evict holds it).
 func (s *store) evicted(key string, e *entry) {
 	s.bytes -= e.size
+	metrics.CacheBytes.Sub(float64(e.size))
 	if keys := s.byPath[e.pathKey]; keys != nil {
 		delete(keys, key)
 		if len(keys) == 0 {
@@ -409,6 +411,8 @@ func (s *store) put(e *entry) {
 	s.entries.Remove(e.key)
 	s.entries.Add(e.key, e)
 	s.bytes += e.size
+	metrics.CacheBytes.Add(float64(e.size))
+	metrics.CacheStored.Inc()
 	keys := s.byPath[e.pathKey]
 	if keys == nil {
 		keys = map[string]struct{}{}
@@ -419,6 +423,7 @@ func (s *store) put(e *entry) {
 		if _, _, ok := s.entries.RemoveOldest(); !ok {
 			break
 		}
+		metrics.CacheEvicted.Inc()
 	}
 }
 
@@ -428,7 +433,15 @@ func (s *store) invalidate(pathKey string) {
 	defer s.mu.Unlock()
 	for key := range s.byPath[pathKey] {
 		s.entries.Remove(key)
+		metrics.CacheInvalidated.Inc()
 	}
+}
+
+// purge drops every entry (its bytes leave the cache_bytes gauge).
+func (s *store) purge() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries.Purge()
 }
 
 func (s *store) len() int {

@@ -17,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/restgate/restgate/internal/metrics"
 )
 
 func init() {
@@ -100,6 +102,9 @@ const (
 // Provision sets defaults.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -121,6 +126,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.store = newStore(h.Cache.MaxSize)
 	}
 	h.locks = &keyedLocks{m: map[string]*lockEntry{}}
+	return nil
+}
+
+// Cleanup drops the cache of a config that is being unloaded.
+func (h *Handler) Cleanup() error {
+	if h.store != nil {
+		h.store.purge()
+	}
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/httpcond"
+	"github.com/restgate/restgate/internal/metrics"
 )
 
 // Our Cache-Status entries (RFC 9211 §2), added after any upstream cache's.
@@ -43,12 +44,16 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		} else if e := h.lookup(r, who); e != nil {
 			switch h.usable(e, reqCC) {
 			case useFresh:
+				metrics.CacheHit.Inc()
 				return h.serveEntry(w, r, e, who, statusHit)
 			case useClientRefused:
 				stale, fwd = e, fwdRequest
 			default:
 				stale, fwd = e, fwdStale
 			}
+		}
+		if fwd == fwdMiss {
+			metrics.CacheMiss.Inc()
 		}
 	}
 
@@ -91,6 +96,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		if fwd == fwdRequest {
 			status = statusRequest304
 		}
+		metrics.CacheRevalidated.Inc()
 		return h.serveEntry(w, r, h.refresh(stale, hdr, requested, received), who, status)
 	}
 

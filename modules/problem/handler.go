@@ -16,6 +16,7 @@ import (
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/identity"
+	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/internal/redact"
 )
 
@@ -86,6 +87,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	if h.MaxErrorBody == 0 {
 		h.MaxErrorBody = defaultMaxErrorBody
 	}
@@ -118,18 +122,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// inside handle_errors: render the error being handled
 	if herr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error); ok {
-		h.write(w, r, fromError(herr))
+		h.write(w, r, fromError(herr), metrics.Gateway)
 		return nil
 	}
 	// a client's malformed request is a 400 here, before it can reach a
 	// backend (reverse_proxy would label it 502)
 	if !validMethod(r.Method) {
-		h.write(w, r, New(http.StatusBadRequest, "the request method is not a valid HTTP token"))
+		h.write(w, r, New(http.StatusBadRequest, "the request method is not a valid HTTP token"), metrics.Gateway)
 		return nil
 	}
 	// one resource, one spelling, for every module after this one
 	if err := canon.Normalize(r); err != nil {
-		h.write(w, r, New(http.StatusBadRequest, err.Error()))
+		h.write(w, r, New(http.StatusBadRequest, err.Error()), metrics.Gateway)
 		return nil
 	}
 	// nothing a client sends speaks for the gateway, on any route
@@ -168,21 +172,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			p = fromError(body.err)
 		}
 		h.logError(r, p.Status, err)
-		h.write(w, r, p)
+		h.write(w, r, p, metrics.Gateway)
 	case err != nil:
 		p := fromError(err)
 		h.logError(r, p.Status, err)
-		h.write(w, r, p)
+		h.write(w, r, p, metrics.Gateway)
 	case !hw.WroteHeader():
 		// nothing answered: Caddy's "no route matched" is an empty 200,
 		// which an API must never send
-		h.write(w, r, New(http.StatusNotFound, "no route serves this path"))
+		h.write(w, r, New(http.StatusNotFound, "no route serves this path"), metrics.Gateway)
 	case hw.Held():
 		p := fromBackend(r, hw.Status(), w.Header(), hw.Body(), hw.Overflowed())
 		if p.Status >= 500 {
 			h.logBackend(r, hw.Status(), hw.Body())
 		}
-		h.write(w, r, p)
+		h.write(w, r, p, metrics.Backend)
+	default:
+		// a response that streamed through: a 304 is counted here
+		metrics.Conditional(hw.Status())
 	}
 	return nil
 }
@@ -197,7 +204,7 @@ func (h *Handler) refuseUnprotected(w http.ResponseWriter, r *http.Request) {
 		zap.String("uri", r.URL.Path))
 	p := New(http.StatusInternalServerError, "this route is not protected by the gateway's authentication, so it is not served; the operator has been told")
 	p.Code = "unprotected_route"
-	h.write(w, r, p)
+	h.write(w, r, p, metrics.Gateway)
 }
 
 // holdErrors holds every error response for rewriting. A backend that
@@ -259,8 +266,10 @@ func validMethod(m string) bool {
 }
 
 // write applies the operator's settings to p and sends it: every problem
-// that leaves the gateway, whoever made it, passes here.
-func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem) {
+// that leaves the gateway, whoever made it, passes here (and is counted).
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem, src metrics.Source) {
+	metrics.ErrorRendered(p.Status, src)
+	metrics.Conditional(p.Status)
 	if o, ok := h.overrides[p.Status]; ok {
 		if o.Title != "" {
 			p.Title = o.Title

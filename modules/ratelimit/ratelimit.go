@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -104,15 +105,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if app, err := ctx.AppIfConfigured("events"); err == nil {
 		h.events, _ = app.(*caddyevents.App)
 	}
-	m, err := registerMetrics(ctx.GetMetricsRegistry())
-	if err != nil {
+	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	for _, z := range h.Zones {
 		if err := z.provision(ctx); err != nil {
 			return fmt.Errorf("zone %q: %v", z.Name, err)
 		}
-		z.counters = m.forZone(z.Name)
+		z.counters = countersFor(z.Name)
 	}
 	return nil
 }

@@ -1,0 +1,174 @@
+// Package instance is the `restgate` app: what makes one running gateway
+// safe to operate. It is configured by the `restgate` global option of the
+// Caddyfile and
+//
+//   - owns its data directory: a second restgate on the same directory
+//     refuses to start, naming the PID of the first (lock.go);
+//   - refuses to start on an HTTP port another process already listens on
+//     (Caddy's listeners share ports through SO_REUSEPORT, so the kernel
+//     would otherwise split traffic between two configurations) (ports.go);
+//   - refuses a reload adapted in a shell that lacks the RESTGATE_*
+//     variables the gateway was started with, which would silently move it
+//     to the Caddyfile's defaults (env.go);
+//   - warns, when a configuration is loaded (`restgate validate` included),
+//     about every route of an API site that can serve a request without
+//     passing api_auth (routes.go).
+//
+// The checks that concern a running gateway (lock, ports) are made when a
+// configuration is first loaded in a process and enforced when it starts,
+// so `restgate validate` next to a running gateway still succeeds.
+package instance
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	httpcaddyfile.RegisterGlobalOption("restgate", parseGlobalOption)
+}
+
+// App is the `restgate` app.
+type App struct {
+	// The gateway's data directory (keys, databases, certificates): one
+	// running restgate per directory. Placeholders are expanded.
+	DataDir string `json:"data_dir,omitempty"`
+
+	// The names of the RESTGATE_* environment variables that were set where
+	// this configuration was adapted from a Caddyfile (the Caddyfile option
+	// records them; never their values). Absent for a configuration written
+	// in JSON: then no reload is refused for its environment.
+	AdaptedEnv []string `json:"adapted_env"`
+
+	logger *zap.Logger
+	// what a first load found, returned by Start (not by Provision, so
+	// that validating next to a running gateway succeeds)
+	startErr error
+	lock     *os.File
+}
+
+// process is what one restgate process holds across its configurations.
+var process struct {
+	sync.Mutex
+	started bool                // a configuration has started: later loads are reloads
+	locks   map[string]*os.File // data directories held, by path
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "restgate",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision makes the load-time checks.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	process.Lock()
+	reload := process.started
+	process.Unlock()
+
+	if reload {
+		if err := checkReloadEnv(a.AdaptedEnv, os.Environ()); err != nil {
+			return err
+		}
+	}
+
+	// the http app is provisioned (if not yet) by this call; no handler
+	// refers to this app, so there is no cycle
+	httpApp, err := httpAppOf(ctx)
+	if err != nil {
+		return err
+	}
+	for _, f := range unprotectedRoutes(httpApp) {
+		a.logger.Warn("this route can serve requests without api_auth: they will be refused at run time (api_errors require_auth) or served unprotected; move api_auth to the site's level, or declare the paths public in api_auth",
+			zap.String("server", f.server), zap.String("route", f.where), zap.String("handler", f.handler))
+	}
+
+	if a.DataDir != "" {
+		dir := caddy.NewReplacer().ReplaceAll(a.DataDir, "")
+		a.lock, err = lockDataDir(dir)
+		if err != nil {
+			a.startErr = err
+		}
+	}
+	if !reload && a.startErr == nil && httpApp != nil {
+		a.startErr = portsInUse(httpApp)
+	}
+	return nil
+}
+
+func httpAppOf(ctx caddy.Context) (*caddyhttp.App, error) {
+	v, err := ctx.AppIfConfigured("http")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v.(*caddyhttp.App), nil
+}
+
+// Start refuses to run what the first load found (a data directory or a
+// port in use) and records this process's PID in the data directory.
+func (a *App) Start() error {
+	if a.startErr != nil {
+		return a.startErr
+	}
+	if a.lock != nil {
+		if err := writePID(a.lock); err != nil {
+			return fmt.Errorf("recording the PID in the data directory: %v", err)
+		}
+	}
+	process.Lock()
+	process.started = true
+	process.Unlock()
+	return nil
+}
+
+// Stop keeps the data directory locked: the process still owns it until
+// it exits (the kernel then releases the lock).
+func (a *App) Stop() error { return nil }
+
+// parseGlobalOption reads
+//
+//	restgate {
+//		data_dir <path>
+//	}
+//
+// and records which RESTGATE_* variables the adapting shell has.
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	a := App{AdaptedEnv: envNames(os.Environ())}
+	d.Next() // the option's name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "data_dir":
+			if !d.AllArgs(&a.DataDir) {
+				return nil, d.ArgErr()
+			}
+		default:
+			return nil, d.Errf("unrecognized restgate option %q (valid: data_dir)", d.Val())
+		}
+	}
+	return httpcaddyfile.App{Name: "restgate", Value: caddyconfig.JSON(a, nil)}, nil
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)
