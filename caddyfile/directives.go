@@ -30,6 +30,7 @@ import (
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/ratelimit"
 	_ "github.com/restgate/restgate/modules/redactlog"
+	_ "github.com/restgate/restgate/modules/redisapp"
 )
 
 func init() {

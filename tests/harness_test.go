@@ -55,6 +55,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "restgate binary:", err)
 		return 1
 	}
+	defer stopSharedRedis()
 	return m.Run()
 }
 

@@ -115,7 +115,7 @@ func Conditional(status int) {
 // name) and outcome (admitted, refused, would_refuse).
 var RateLimitDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: namespace, Subsystem: "rate_limit", Name: "decisions_total",
-	Help: "Rate-limit decisions by zone and outcome.",
+	Help: "Rate-limit decisions by zone and outcome (admitted, refused, would_refuse, undecided).",
 }, []string{"zone", "outcome"})
 
 var all = []prometheus.Collector{

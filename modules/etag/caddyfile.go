@@ -13,6 +13,8 @@ import (
 //		max_body         <size>
 //		require_if_match <paths...>
 //		lock_timeout     <duration>
+//		redis
+//		lock_ttl         <duration>
 //		cache {
 //			max_size    <size>
 //			default_ttl <duration>
@@ -52,6 +54,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.unmarshalCache(d); err != nil {
 				return err
 			}
+		case "redis":
+			if d.CountRemainingArgs() != 0 {
+				return d.ArgErr()
+			}
+			h.Redis = true
+		case "lock_ttl":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.LockTTL = dur
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/metrics"
+	"github.com/restgate/restgate/modules/redisapp"
 )
 
 func init() {
@@ -68,10 +69,22 @@ type Handler struct {
 	// The shared cache; off unless set.
 	Cache *CacheConfig `json:"cache,omitempty"`
 
-	store  *store
-	locks  *keyedLocks
-	now    func() time.Time
-	logger *zap.Logger
+	// Coordinate with the other gateways through the redis app: conditional
+	// writes lock the resource in Redis too (so the lost-update guarantee
+	// holds across gateways), and invalidations reach every gateway's cache.
+	// While Redis is unreachable, conditional writes are refused with 503.
+	Redis bool `json:"redis,omitempty"`
+
+	// How long a Redis lock lives unless its holder extends it (which it
+	// does every third of it while the write goes on). Default: 30s.
+	LockTTL caddy.Duration `json:"lock_ttl,omitempty"`
+
+	store       *store
+	locks       locker
+	redis       *redisapp.App
+	unsubscribe func()
+	now         func() time.Time
+	logger      *zap.Logger
 }
 
 // CacheConfig configures the in-memory shared cache.
@@ -125,12 +138,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.store = newStore(h.Cache.MaxSize)
 	}
-	h.locks = &keyedLocks{m: map[string]*lockEntry{}}
+	local := &keyedLocks{m: map[string]*lockEntry{}}
+	h.locks = local
+	if h.Redis {
+		app, err := redisapp.Get(ctx)
+		if err != nil {
+			return err
+		}
+		if h.LockTTL == 0 {
+			h.LockTTL = caddy.Duration(defaultLockTTL)
+		}
+		h.redis = app
+		h.locks = &redisLocks{local: local, app: app, ttl: time.Duration(h.LockTTL), logger: h.logger}
+		if h.store != nil {
+			h.unsubscribe = h.subscribe()
+		}
+	}
 	return nil
 }
 
 // Cleanup drops the cache of a config that is being unloaded.
 func (h *Handler) Cleanup() error {
+	if h.unsubscribe != nil {
+		h.unsubscribe()
+	}
 	if h.store != nil {
 		h.store.purge()
 	}
@@ -139,8 +170,8 @@ func (h *Handler) Cleanup() error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.MaxBody < 0 || h.LockTimeout < 0 {
-		return fmt.Errorf("max_body and lock_timeout must not be negative")
+	if h.MaxBody < 0 || h.LockTimeout < 0 || h.LockTTL < 0 {
+		return fmt.Errorf("max_body, lock_timeout and lock_ttl must not be negative")
 	}
 	if h.Cache != nil && (h.Cache.MaxSize < 0 || h.Cache.DefaultTTL < 0) {
 		return fmt.Errorf("cache: sizes and durations must not be negative")

@@ -57,6 +57,13 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	// matched so far, as the first would
 	groups := snapshotRouteGroups(r)
 	unlock, err := h.locks.lock(r.Context(), canon.Key(r), time.Duration(h.LockTimeout))
+	if errors.Is(err, errLockUnavailable) {
+		if retry := h.redis.RetryIn(); retry > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
+		}
+		return problem.Error(http.StatusServiceUnavailable, "lock_unavailable",
+			"the gateway cannot coordinate this write with the other gateways right now (their shared lock is unreachable), so nothing was changed; retry shortly")
+	}
 	if err != nil {
 		return problem.Error(http.StatusServiceUnavailable, "resource_busy",
 			"another conditional write to this resource is still in progress; retry shortly (nothing was changed)")
@@ -238,9 +245,10 @@ func (h *Handler) invalidateAfter(r *http.Request, hdr http.Header, status int) 
 	if h.store == nil || status < 200 || status >= 400 {
 		return
 	}
-	h.store.invalidate(canon.Key(r))
+	keys := make([]string, 0, 4)
+	keys = append(keys, canon.Key(r))
 	if p := parentPath(canon.Path(r.URL.Path)); p != "" {
-		h.store.invalidate(canon.KeyFor(r, p))
+		keys = append(keys, canon.KeyFor(r, p))
 	}
 	for _, k := range []string{"Location", "Content-Location"} {
 		v := hdr.Get(k)
@@ -251,8 +259,12 @@ func (h *Handler) invalidateAfter(r *http.Request, hdr http.Header, status int) 
 		if err != nil || (u.Host != "" && !strings.EqualFold(canon.HostOf(u.Host, r.TLS != nil), canon.Host(r))) {
 			continue
 		}
-		h.store.invalidate(canon.KeyFor(r, u.Path))
+		keys = append(keys, canon.KeyFor(r, u.Path))
 	}
+	for _, k := range keys {
+		h.store.invalidate(k)
+	}
+	h.publishInvalidation(r.Context(), keys)
 }
 
 // keyedLocks serialises conditional writes per resource; an entry lives

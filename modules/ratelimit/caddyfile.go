@@ -28,6 +28,8 @@ const DirectiveIP = "api_rate_limit_ip"
 //			max_keys    <n>
 //		}
 //		mode report_only|enforce
+//		store local|redis
+//		on_error allow|deny
 //		legacy_headers
 //		log_key
 //	}
@@ -63,6 +65,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if h.Mode != ModeEnforce && h.Mode != ModeReportOnly {
 				return d.Errf("mode must be %s or %s", ModeEnforce, ModeReportOnly)
+			}
+		case "store":
+			if !d.AllArgs(&h.Store) {
+				return d.ArgErr()
+			}
+			if h.Store != StoreLocal && h.Store != StoreRedis {
+				return d.Errf("store must be %s or %s", StoreLocal, StoreRedis)
+			}
+		case "on_error":
+			if !d.AllArgs(&h.OnError) {
+				return d.ArgErr()
+			}
+			if h.OnError != OnErrorAllow && h.OnError != OnErrorDeny {
+				return d.Errf("on_error must be %s (fail open) or %s (fail closed)", OnErrorAllow, OnErrorDeny)
 			}
 		case "legacy_headers", "log_key":
 			if d.CountRemainingArgs() != 0 {

@@ -7,9 +7,10 @@ import (
 )
 
 // zoneCounters are one zone's decision counters (admitted, refused,
-// would_refuse), looked up once at provision time.
+// would_refuse, undecided: the store could not decide), looked up once at
+// provision time.
 type zoneCounters struct {
-	admitted, refused, wouldRefuse prometheus.Counter
+	admitted, refused, wouldRefuse, undecided prometheus.Counter
 }
 
 func countersFor(zone string) zoneCounters {
@@ -18,5 +19,6 @@ func countersFor(zone string) zoneCounters {
 		admitted:    d.WithLabelValues(zone, "admitted"),
 		refused:     d.WithLabelValues(zone, "refused"),
 		wouldRefuse: d.WithLabelValues(zone, "would_refuse"),
+		undecided:   d.WithLabelValues(zone, "undecided"),
 	}
 }

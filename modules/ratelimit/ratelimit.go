@@ -22,6 +22,7 @@ import (
 
 	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/modules/problem"
+	"github.com/restgate/restgate/modules/redisapp"
 )
 
 func init() {
@@ -66,11 +67,23 @@ type Handler struct {
 	// `api_rate_limit_ip` sets it.
 	ShareRefunds bool `json:"share_refunds,omitempty"`
 
+	// Where the buckets live: `local` (default: this process's memory) or
+	// `redis` (the redis app's server, shared by every gateway that uses it:
+	// one round trip decides all of this handler's zones, on Redis's clock).
+	Store string `json:"store,omitempty"`
+
+	// With store redis, what happens while Redis cannot decide: `allow`
+	// admits requests (fail open, without RateLimit headers) and `deny`
+	// refuses them with a 503 problem (fail closed). Required with redis.
+	OnError string `json:"on_error,omitempty"`
+
 	now        func() time.Time
 	logger     *zap.Logger
 	refusalLog *zap.Logger // logger, sampled
 	events     *caddyevents.App
 	ctx        caddy.Context
+	decider    decider
+	redis      *redisapp.App
 }
 
 // CaddyModule returns the Caddy module information.
@@ -108,11 +121,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
+	switch h.Store {
+	case "", StoreLocal:
+		h.decider = localDecider{}
+	case StoreRedis:
+		if h.OnError != OnErrorAllow && h.OnError != OnErrorDeny {
+			return fmt.Errorf("store redis needs an explicit on_error: allow (admit requests while Redis is down) or deny (refuse them with 503)")
+		}
+		app, err := redisapp.Get(ctx)
+		if err != nil {
+			return err
+		}
+		h.redis = app
+		h.decider = &redisDecider{app: app}
+	default:
+		return fmt.Errorf("store must be %s or %s, not %q", StoreLocal, StoreRedis, h.Store)
+	}
 	for _, z := range h.Zones {
 		if err := z.provision(ctx); err != nil {
 			return fmt.Errorf("zone %q: %v", z.Name, err)
 		}
 		z.counters = countersFor(z.Name)
+		if h.redis != nil {
+			z.redisPrefix = z.redisKeyPrefix(h.redis)
+		}
 	}
 	return nil
 }
@@ -160,25 +192,29 @@ const refundsVar = "restgate.rate_limit.refunds"
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := h.now()
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var asks [maxZones]ask
 	var decided [maxZones]Decision
 	var applied [maxZones]*Zone
-	n := 0
-	refused := -1
+	m := 0
 	for _, z := range h.Zones {
-		if !z.applies(r) {
-			continue
-		}
-		key := z.keyFor(r, repl)
-		d := z.state.store.Reserve(key, z.perSecond, z.burst, now)
-		decided[n], applied[n] = d, z
-		n++
-		if !d.Admitted {
-			refused = n - 1
-			break
+		if z.applies(r) {
+			asks[m] = ask{zone: z, key: z.keyFor(r, repl)}
+			m++
 		}
 	}
-	if n == 0 {
+	if m == 0 {
 		return next.ServeHTTP(w, r)
+	}
+	n, err := h.decider.decide(r.Context(), asks[:m], now, decided[:])
+	if err != nil {
+		return h.undecided(w, r, next, asks[:m])
+	}
+	refused := -1
+	for i := range n {
+		applied[i] = asks[i].zone
+		if !decided[i].Admitted {
+			refused = i
+		}
 	}
 	h.setHeaders(w.Header(), applied[:n], decided[:n])
 
@@ -192,12 +228,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	// refused: nothing admitted for this request may stay spent, in this
-	// handler or an earlier one (whose tokens were taken some time ago:
-	// a refund is one whole token, whenever it is made)
-	for i := range refused {
-		decided[i].Refund(h.now())
-	}
+	// refused: nothing admitted for this request may stay spent in an
+	// earlier handler either (whose tokens were taken some time ago: a
+	// refund is one whole token, whenever it is made); the decider has
+	// spent nothing in this one
 	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
 		for _, d := range rf.decisions {
 			d.Refund(h.now())
@@ -220,6 +254,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	p.Code = "rate_limited"
 	p.Extensions = map[string]any{"violated-policies": []string{z.Name}}
 	return caddyhttp.Error(http.StatusTooManyRequests, p)
+}
+
+// undecided handles a request that the store could not decide (Redis is
+// down or slow): on_error allow admits it, without RateLimit headers;
+// deny refuses it with a 503 problem.
+func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, asks []ask) error {
+	for _, a := range asks {
+		a.zone.counters.undecided.Inc()
+	}
+	if h.OnError == OnErrorAllow {
+		return next.ServeHTTP(w, r)
+	}
+	if retry := h.redis.RetryIn(); retry > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(retry), 10))
+	}
+	return problem.Error(http.StatusServiceUnavailable, "rate_limit_unavailable",
+		"the gateway cannot check the rate limit right now, so the request was not served; retry shortly")
 }
 
 func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {

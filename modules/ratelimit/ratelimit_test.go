@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,10 +21,54 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/testclock"
+	"github.com/restgate/restgate/internal/testredis"
 	"github.com/restgate/restgate/modules/problem"
+	"github.com/restgate/restgate/modules/redisapp"
 )
 
 var zoneSeq int
+
+// testStore is the store newLimiter gives handlers: forEachStore runs a
+// test against the local store and against Redis (a real redis-server,
+// one for the package, on the test's clock: the script takes the caller's
+// time when asked, so the same fake clock drives both).
+var testStore = StoreLocal
+
+func forEachStore(t *testing.T, test func(t *testing.T)) {
+	for _, store := range []string{StoreLocal, StoreRedis} {
+		t.Run(store, func(t *testing.T) {
+			testStore = store
+			defer func() { testStore = StoreLocal }()
+			test(t)
+		})
+	}
+}
+
+var (
+	testRedis    *testredis.Server
+	testRedisApp *redisapp.App
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	var err error
+	testRedis, err = testredis.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer testRedis.Stop()
+	testRedisApp, err = redisapp.Connect(redisapp.App{Address: testRedis.Addr, Timeout: caddy.Duration(5 * time.Second)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer testRedisApp.Cleanup()
+	return m.Run()
+}
 
 // newLimiter provisions a handler from Caddyfile text with a fake clock.
 // Each zone gets a unique name so tests never share pooled state.
@@ -44,6 +89,13 @@ func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *testclock.Clock) 
 		t.Fatal(err)
 	}
 	h.logger = zap.NewNop()
+	if testStore == StoreRedis {
+		h.Store, h.OnError, h.redis = StoreRedis, OnErrorDeny, testRedisApp
+		h.decider = &redisDecider{app: testRedisApp, callerClock: true}
+		for _, z := range h.Zones {
+			z.redisPrefix = z.redisKeyPrefix(testRedisApp)
+		}
+	}
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,140 +145,146 @@ func send(h *Handler, r *http.Request) (*httptest.ResponseRecorder, error) {
 // TestAccuracy: a zone of 10/s with burst 5, saturated, admits exactly
 // 5 + 10·t requests over t seconds.
 func TestAccuracy(t *testing.T) {
-	h, clock := newLimiter(t, "api_rate_limit {\n zone "+uniq("acc")+" 10/s {\n  burst 5\n }\n}", false)
-	admitted := 0
-	const seconds = 7
-	const step = 10 * time.Millisecond
-	for i := 0; i <= seconds*int(time.Second/step); i++ {
-		for j := 0; j < 3; j++ { // 300 attempts a second: always saturated
-			if _, err := send(h, request("GET", "/", "192.0.2.1", "")); err == nil {
-				admitted++
+	forEachStore(t, func(t *testing.T) {
+		h, clock := newLimiter(t, "api_rate_limit {\n zone "+uniq("acc")+" 10/s {\n  burst 5\n }\n}", false)
+		admitted := 0
+		const seconds = 7
+		const step = 10 * time.Millisecond
+		for i := 0; i <= seconds*int(time.Second/step); i++ {
+			for j := 0; j < 3; j++ { // 300 attempts a second: always saturated
+				if _, err := send(h, request("GET", "/", "192.0.2.1", "")); err == nil {
+					admitted++
+				}
+			}
+			if i < seconds*int(time.Second/step) {
+				clock.Add(step)
 			}
 		}
-		if i < seconds*int(time.Second/step) {
-			clock.Add(step)
+		if want := 5 + 10*seconds; admitted != want {
+			t.Errorf("admitted %d over %ds, want %d", admitted, seconds, want)
 		}
-	}
-	if want := 5 + 10*seconds; admitted != want {
-		t.Errorf("admitted %d over %ds, want %d", admitted, seconds, want)
-	}
+	})
 }
 
 func TestHeadersAndRefusal(t *testing.T) {
-	name := uniq("per-user")
-	h, clock := newLimiter(t, "api_rate_limit {\n zone "+name+" 3/1m\n legacy_headers\n}", false)
-	for i := 0; i < 3; i++ {
+	forEachStore(t, func(t *testing.T) {
+		name := uniq("per-user")
+		h, clock := newLimiter(t, "api_rate_limit {\n zone "+name+" 3/1m\n legacy_headers\n}", false)
+		for i := 0; i < 3; i++ {
+			w, err := send(h, request("GET", "/", "192.0.2.1", "alice"))
+			if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+			list, err := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
+			if err != nil {
+				t.Fatalf("RateLimit %q is not a Structured Fields list: %v", w.Header().Values("RateLimit"), err)
+			}
+			item := list[0].(httpsfv.Item)
+			r, _ := item.Params.Get("r")
+			if item.Value != name || r != int64(2-i) {
+				t.Errorf("request %d: RateLimit = %q, want %q;r=%d", i, w.Header().Get("RateLimit"), name, 2-i)
+			}
+			// t is the time until more quota is available (one token per
+			// 20s), not until the bucket is full again (20s, 40s, 60s)
+			if tt, _ := item.Params.Get("t"); tt != int64(20) {
+				t.Errorf("request %d: t = %v, want 20", i, tt)
+			}
+			pol, err := httpsfv.UnmarshalList(w.Header().Values("RateLimit-Policy"))
+			if err != nil {
+				t.Fatalf("RateLimit-Policy: %v", err)
+			}
+			q, _ := pol[0].(httpsfv.Item).Params.Get("q")
+			win, _ := pol[0].(httpsfv.Item).Params.Get("w")
+			if q != int64(3) || win != int64(60) {
+				t.Errorf("policy = %q", w.Header().Get("RateLimit-Policy"))
+			}
+			if w.Header().Get("X-RateLimit-Remaining") != strconv.Itoa(2-i) || w.Header().Get("X-RateLimit-Limit") != "3" {
+				t.Errorf("legacy headers: %v", w.Header())
+			}
+		}
 		w, err := send(h, request("GET", "/", "192.0.2.1", "alice"))
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
+		if status(err) != 429 {
+			t.Fatalf("4th request: %v", err)
 		}
-		list, err := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
-		if err != nil {
-			t.Fatalf("RateLimit %q is not a Structured Fields list: %v", w.Header().Values("RateLimit"), err)
+		var p *problem.Problem
+		if !errors.As(err, &p) || p.Type != problem.TypeQuotaExceeded || fmt.Sprint(p.Extensions["violated-policies"]) != "["+name+"]" {
+			t.Errorf("problem = %+v", p)
 		}
-		item := list[0].(httpsfv.Item)
-		r, _ := item.Params.Get("r")
-		if item.Value != name || r != int64(2-i) {
-			t.Errorf("request %d: RateLimit = %q, want %q;r=%d", i, w.Header().Get("RateLimit"), name, 2-i)
+		ra, _ := strconv.Atoi(w.Header().Get("Retry-After"))
+		if ra != 20 { // one token per 20s
+			t.Errorf("Retry-After = %d, want 20", ra)
 		}
-		// t is the time until more quota is available (one token per
-		// 20s), not until the bucket is full again (20s, 40s, 60s)
-		if tt, _ := item.Params.Get("t"); tt != int64(20) {
-			t.Errorf("request %d: t = %v, want 20", i, tt)
+		// the draft: Retry-After never points earlier than t
+		list, _ := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
+		if tt, _ := list[0].(httpsfv.Item).Params.Get("t"); tt != int64(ra) {
+			t.Errorf("429: t = %v, Retry-After = %d; want them equal", tt, ra)
 		}
-		pol, err := httpsfv.UnmarshalList(w.Header().Values("RateLimit-Policy"))
-		if err != nil {
-			t.Fatalf("RateLimit-Policy: %v", err)
+		// the client that waits Retry-After gets in; one second less does not
+		clock.Add(time.Duration(ra-1) * time.Second)
+		if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); status(err) != 429 {
+			t.Error("admitted before Retry-After")
 		}
-		q, _ := pol[0].(httpsfv.Item).Params.Get("q")
-		win, _ := pol[0].(httpsfv.Item).Params.Get("w")
-		if q != int64(3) || win != int64(60) {
-			t.Errorf("policy = %q", w.Header().Get("RateLimit-Policy"))
+		clock.Add(time.Second)
+		if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); err != nil {
+			t.Errorf("refused after Retry-After: %v", err)
 		}
-		if w.Header().Get("X-RateLimit-Remaining") != strconv.Itoa(2-i) || w.Header().Get("X-RateLimit-Limit") != "3" {
-			t.Errorf("legacy headers: %v", w.Header())
+		// another user has their own bucket; anonymous falls back to the IP
+		if _, err := send(h, request("GET", "/", "192.0.2.1", "bob")); err != nil {
+			t.Errorf("bob: %v", err)
 		}
-	}
-	w, err := send(h, request("GET", "/", "192.0.2.1", "alice"))
-	if status(err) != 429 {
-		t.Fatalf("4th request: %v", err)
-	}
-	var p *problem.Problem
-	if !errors.As(err, &p) || p.Type != problem.TypeQuotaExceeded || fmt.Sprint(p.Extensions["violated-policies"]) != "["+name+"]" {
-		t.Errorf("problem = %+v", p)
-	}
-	ra, _ := strconv.Atoi(w.Header().Get("Retry-After"))
-	if ra != 20 { // one token per 20s
-		t.Errorf("Retry-After = %d, want 20", ra)
-	}
-	// the draft: Retry-After never points earlier than t
-	list, _ := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
-	if tt, _ := list[0].(httpsfv.Item).Params.Get("t"); tt != int64(ra) {
-		t.Errorf("429: t = %v, Retry-After = %d; want them equal", tt, ra)
-	}
-	// the client that waits Retry-After gets in; one second less does not
-	clock.Add(time.Duration(ra-1) * time.Second)
-	if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); status(err) != 429 {
-		t.Error("admitted before Retry-After")
-	}
-	clock.Add(time.Second)
-	if _, err := send(h, request("GET", "/", "192.0.2.1", "alice")); err != nil {
-		t.Errorf("refused after Retry-After: %v", err)
-	}
-	// another user has their own bucket; anonymous falls back to the IP
-	if _, err := send(h, request("GET", "/", "192.0.2.1", "bob")); err != nil {
-		t.Errorf("bob: %v", err)
-	}
-	for i := 0; i < 3; i++ {
-		if _, err := send(h, request("GET", "/", "192.0.2.9", "")); err != nil {
-			t.Errorf("anonymous %d: %v", i, err)
+		for i := 0; i < 3; i++ {
+			if _, err := send(h, request("GET", "/", "192.0.2.9", "")); err != nil {
+				t.Errorf("anonymous %d: %v", i, err)
+			}
 		}
-	}
-	if _, err := send(h, request("GET", "/", "192.0.2.9", "")); status(err) != 429 {
-		t.Error("anonymous requests from one IP were not limited together")
-	}
+		if _, err := send(h, request("GET", "/", "192.0.2.9", "")); status(err) != 429 {
+			t.Error("anonymous requests from one IP were not limited together")
+		}
+	})
 }
 
 // TestRefunds: a request refused by a later zone spends nothing in the
 // zones that admitted it, in this handler or an earlier one.
 func TestRefunds(t *testing.T) {
-	ipName, userName := uniq("ip"), uniq("user")
-	ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+ipName+" 100/1m\n}", true)
-	userH, _ := newLimiter(t, "api_rate_limit {\n zone "+userName+" 2/1m\n zone "+uniq("post")+" 1/1m {\n  methods POST\n }\n}", false)
-	userH.now = clock.Now
-	chain := func(method string) int {
-		r := request(method, "/", "192.0.2.1", "alice")
-		w := httptest.NewRecorder()
-		err := ipH.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			return userH.ServeHTTP(w, r, okNext)
-		}))
-		return status(err)
-	}
-	ipLeft := func() int {
-		w, _ := send(ipH, request("HEAD", "/", "192.0.2.1", ""))
-		list, _ := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
-		r, _ := list[0].(httpsfv.Item).Params.Get("r")
-		return int(r.(int64))
-	}
-	if got := chain("POST"); got != 200 {
-		t.Fatalf("first POST: %d", got)
-	}
-	// second POST: the user zone admits, the POST zone refuses → the user
-	// zone and the IP zone get their tokens back
-	if got := chain("POST"); got != 429 {
-		t.Fatalf("second POST: %d", got)
-	}
-	if got := chain("GET"); got != 200 {
-		t.Errorf("GET after a refused POST: %d (the refused POST spent the user zone's token)", got)
-	}
-	if got := chain("GET"); got != 429 {
-		t.Errorf("third user request: %d, want 429", got)
-	}
-	// IP zone: 100 - the admitted POST and GET - the probe itself = 97;
-	// the two refused requests cost nothing
-	if left := ipLeft(); left != 97 {
-		t.Errorf("IP zone has %d left, want 97 (refused requests must not spend)", left)
-	}
+	forEachStore(t, func(t *testing.T) {
+		ipName, userName := uniq("ip"), uniq("user")
+		ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+ipName+" 100/1m\n}", true)
+		userH, _ := newLimiter(t, "api_rate_limit {\n zone "+userName+" 2/1m\n zone "+uniq("post")+" 1/1m {\n  methods POST\n }\n}", false)
+		userH.now = clock.Now
+		chain := func(method string) int {
+			r := request(method, "/", "192.0.2.1", "alice")
+			w := httptest.NewRecorder()
+			err := ipH.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				return userH.ServeHTTP(w, r, okNext)
+			}))
+			return status(err)
+		}
+		ipLeft := func() int {
+			w, _ := send(ipH, request("HEAD", "/", "192.0.2.1", ""))
+			list, _ := httpsfv.UnmarshalList(w.Header().Values("RateLimit"))
+			r, _ := list[0].(httpsfv.Item).Params.Get("r")
+			return int(r.(int64))
+		}
+		if got := chain("POST"); got != 200 {
+			t.Fatalf("first POST: %d", got)
+		}
+		// second POST: the user zone admits, the POST zone refuses → the user
+		// zone and the IP zone get their tokens back
+		if got := chain("POST"); got != 429 {
+			t.Fatalf("second POST: %d", got)
+		}
+		if got := chain("GET"); got != 200 {
+			t.Errorf("GET after a refused POST: %d (the refused POST spent the user zone's token)", got)
+		}
+		if got := chain("GET"); got != 429 {
+			t.Errorf("third user request: %d, want 429", got)
+		}
+		// IP zone: 100 - the admitted POST and GET - the probe itself = 97;
+		// the two refused requests cost nothing
+		if left := ipLeft(); left != 97 {
+			t.Errorf("IP zone has %d left, want 97 (refused requests must not spend)", left)
+		}
+	})
 }
 
 // TestRefundsAfterTimePasses: the per-IP token is taken, time passes (a
@@ -266,28 +324,47 @@ func TestRefundsAfterTimePasses(t *testing.T) {
 	}
 }
 
+// TestRedisUsesItsOwnClock: outside tests the script reads Redis's TIME,
+// so a gateway whose clock jumps (or differs from the others') neither
+// refills nor drains a bucket.
+func TestRedisUsesItsOwnClock(t *testing.T) {
+	testStore = StoreRedis
+	h, clock := newLimiter(t, "api_rate_limit {\n zone "+uniq("clock")+" 1/1h\n}", false)
+	testStore = StoreLocal
+	h.decider.(*redisDecider).callerClock = false
+	if _, err := send(h, request("GET", "/", "192.0.2.1", "a")); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(2 * time.Hour) // this gateway's clock jumps two hours
+	if _, err := send(h, request("GET", "/", "192.0.2.1", "a")); status(err) != 429 {
+		t.Errorf("a gateway's clock refilled a Redis bucket: %v", err)
+	}
+}
+
 // TestZoneNames: a name that is not a valid sf-string is refused at
 // provision; every accepted one yields headers a Structured Fields parser
 // reads back to the same name.
 func TestZoneNames(t *testing.T) {
-	for _, name := range []string{"zoné", "a\x01b", "tab\there", "", strings.Repeat("x", 65), "with space"} {
-		if validName(name) {
-			t.Errorf("validName(%q) = true, want false", name)
-		}
-	}
-	for _, name := range []string{`per-user`, `a"b`, `semi;colon`, `comma,zone`, `~!@#$%^&*()`} {
-		h, _ := newLimiter(t, "api_rate_limit {\n zone "+strconv.Quote(name)+" 5/1m\n}", false)
-		w, err := send(h, request("GET", "/", "192.0.2.1", "a"))
-		if err != nil {
-			t.Fatalf("%q: %v", name, err)
-		}
-		for _, field := range []string{"RateLimit", "RateLimit-Policy"} {
-			list, err := httpsfv.UnmarshalList(w.Header().Values(field))
-			if err != nil || len(list) != 1 || list[0].(httpsfv.Item).Value != name {
-				t.Errorf("zone %q: %s = %q does not parse back (%v)", name, field, w.Header().Get(field), err)
+	forEachStore(t, func(t *testing.T) {
+		for _, name := range []string{"zoné", "a\x01b", "tab\there", "", strings.Repeat("x", 65), "with space"} {
+			if validName(name) {
+				t.Errorf("validName(%q) = true, want false", name)
 			}
 		}
-	}
+		for _, name := range []string{`per-user`, `a"b`, `semi;colon`, `comma,zone`, `~!@#$%^&*()`} {
+			h, _ := newLimiter(t, "api_rate_limit {\n zone "+strconv.Quote(name)+" 5/1m\n}", false)
+			w, err := send(h, request("GET", "/", "192.0.2.1", "a"))
+			if err != nil {
+				t.Fatalf("%q: %v", name, err)
+			}
+			for _, field := range []string{"RateLimit", "RateLimit-Policy"} {
+				list, err := httpsfv.UnmarshalList(w.Header().Values(field))
+				if err != nil || len(list) != 1 || list[0].(httpsfv.Item).Value != name {
+					t.Errorf("zone %q: %s = %q does not parse back (%v)", name, field, w.Header().Get(field), err)
+				}
+			}
+		}
+	})
 }
 
 func TestEvictionAtMaxKeys(t *testing.T) {
@@ -310,34 +387,36 @@ func TestEvictionAtMaxKeys(t *testing.T) {
 }
 
 func TestKeys(t *testing.T) {
-	h, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("tenant")+" 1/1h {\n  key {http.request.header.X-Tenant}\n }\n zone "+uniq("v6")+" 5/1h {\n  key {client_ip}\n }\n}", false)
-	tenant := func(tn, ip string) int {
-		r := request("GET", "/", ip, "")
-		if tn != "" {
-			r.Header.Set("X-Tenant", tn)
+	forEachStore(t, func(t *testing.T) {
+		h, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("tenant")+" 1/1h {\n  key {http.request.header.X-Tenant}\n }\n zone "+uniq("v6")+" 5/1h {\n  key {client_ip}\n }\n}", false)
+		tenant := func(tn, ip string) int {
+			r := request("GET", "/", ip, "")
+			if tn != "" {
+				r.Header.Set("X-Tenant", tn)
+			}
+			_, err := send(h, r)
+			return status(err)
 		}
-		_, err := send(h, r)
-		return status(err)
-	}
-	if tenant("acme", "192.0.2.1") != 200 || tenant("acme", "192.0.2.2") != 429 {
-		t.Error("tenant key not shared across IPs")
-	}
-	if tenant("", "192.0.2.3") != 200 || tenant("", "192.0.2.4") != 200 {
-		t.Error("an empty key must fall back to the IP, not one shared bucket")
-	}
-	// IPv6: one /64 is one client
-	v6 := newZoneOnly(t, "api_rate_limit {\n zone "+uniq("v6")+" 2/1h {\n  key {client_ip}\n }\n}")
-	for i, ip := range []string{"2001:db8::1", "2001:db8::2:3"} {
-		if _, err := send(v6, request("GET", "/", ip, "")); err != nil {
-			t.Errorf("v6 %d: %v", i, err)
+		if tenant("acme", "192.0.2.1") != 200 || tenant("acme", "192.0.2.2") != 429 {
+			t.Error("tenant key not shared across IPs")
 		}
-	}
-	if _, err := send(v6, request("GET", "/", "2001:db8::ffff", "")); status(err) != 429 {
-		t.Error("addresses in one /64 do not share a bucket")
-	}
-	if _, err := send(v6, request("GET", "/", "2001:db8:0:1::1", "")); err != nil {
-		t.Error("another /64 shares the bucket")
-	}
+		if tenant("", "192.0.2.3") != 200 || tenant("", "192.0.2.4") != 200 {
+			t.Error("an empty key must fall back to the IP, not one shared bucket")
+		}
+		// IPv6: one /64 is one client
+		v6 := newZoneOnly(t, "api_rate_limit {\n zone "+uniq("v6")+" 2/1h {\n  key {client_ip}\n }\n}")
+		for i, ip := range []string{"2001:db8::1", "2001:db8::2:3"} {
+			if _, err := send(v6, request("GET", "/", ip, "")); err != nil {
+				t.Errorf("v6 %d: %v", i, err)
+			}
+		}
+		if _, err := send(v6, request("GET", "/", "2001:db8::ffff", "")); status(err) != 429 {
+			t.Error("addresses in one /64 do not share a bucket")
+		}
+		if _, err := send(v6, request("GET", "/", "2001:db8:0:1::1", "")); err != nil {
+			t.Error("another /64 shares the bucket")
+		}
+	})
 }
 
 func newZoneOnly(t *testing.T, cfg string) *Handler {
@@ -346,43 +425,47 @@ func newZoneOnly(t *testing.T, cfg string) *Handler {
 }
 
 func TestMatchersAndReportOnly(t *testing.T) {
-	h, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("writes")+" 1/1h {\n  methods POST\n  paths /v1/*\n }\n mode report_only\n}", false)
-	for i := 0; i < 3; i++ {
-		w, err := send(h, request("POST", "/v1/events", "192.0.2.1", "a"))
-		if err != nil {
-			t.Fatalf("report_only refused: %v", err)
+	forEachStore(t, func(t *testing.T) {
+		h, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("writes")+" 1/1h {\n  methods POST\n  paths /v1/*\n }\n mode report_only\n}", false)
+		for i := 0; i < 3; i++ {
+			w, err := send(h, request("POST", "/v1/events", "192.0.2.1", "a"))
+			if err != nil {
+				t.Fatalf("report_only refused: %v", err)
+			}
+			if w.Header().Get("RateLimit") == "" {
+				t.Error("report_only without headers")
+			}
 		}
-		if w.Header().Get("RateLimit") == "" {
-			t.Error("report_only without headers")
+		w, _ := send(h, request("GET", "/v1/events", "192.0.2.1", "a"))
+		if w.Header().Get("RateLimit") != "" {
+			t.Error("a zone for POST applied to GET")
 		}
-	}
-	w, _ := send(h, request("GET", "/v1/events", "192.0.2.1", "a"))
-	if w.Header().Get("RateLimit") != "" {
-		t.Error("a zone for POST applied to GET")
-	}
-	w, _ = send(h, request("POST", "/other", "192.0.2.1", "a"))
-	if w.Header().Get("RateLimit") != "" {
-		t.Error("a zone for /v1/* applied to /other")
-	}
+		w, _ = send(h, request("POST", "/other", "192.0.2.1", "a"))
+		if w.Header().Get("RateLimit") != "" {
+			t.Error("a zone for /v1/* applied to /other")
+		}
+	})
 }
 
 // TestStateSurvivesReload: a new handler for the same zone (as a config
 // reload provisions) keeps the buckets, even when the rate changes.
 func TestStateSurvivesReload(t *testing.T) {
-	name := uniq("reload")
-	h1, clock := newLimiter(t, "api_rate_limit {\n zone "+name+" 2/1h\n}", false)
-	for i := 0; i < 2; i++ {
-		send(h1, request("GET", "/", "192.0.2.1", "a"))
-	}
-	h2, _ := newLimiter(t, "api_rate_limit {\n zone "+name+" 3/1h\n}", false)
-	h2.now = clock.Now
-	_ = h1.Cleanup() // the old config goes away after the new one is up
-	if _, err := send(h2, request("GET", "/", "192.0.2.1", "a")); status(err) != 429 {
-		t.Error("the bucket was reset by the reload")
-	}
-	if h2.Zones[0].state.store.Len() != 1 {
-		t.Error("keys lost in the reload")
-	}
+	forEachStore(t, func(t *testing.T) {
+		name := uniq("reload")
+		h1, clock := newLimiter(t, "api_rate_limit {\n zone "+name+" 2/1h\n}", false)
+		for i := 0; i < 2; i++ {
+			send(h1, request("GET", "/", "192.0.2.1", "a"))
+		}
+		h2, _ := newLimiter(t, "api_rate_limit {\n zone "+name+" 3/1h\n}", false)
+		h2.now = clock.Now
+		_ = h1.Cleanup() // the old config goes away after the new one is up
+		if _, err := send(h2, request("GET", "/", "192.0.2.1", "a")); status(err) != 429 {
+			t.Error("the bucket was reset by the reload")
+		}
+		if testStore == StoreLocal && h2.Zones[0].state.store.Len() != 1 {
+			t.Error("keys lost in the reload")
+		}
+	})
 }
 
 func TestCaddyfileErrors(t *testing.T) {

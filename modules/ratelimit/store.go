@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"math"
 	"sync"
 	"time"
@@ -38,18 +39,28 @@ type Decision struct {
 	burst     int
 }
 
-// refunder gives back one token taken from a bucket.
+// refunder gives back one token taken from a bucket and returns the
+// bucket's tokens after it (NaN if that is not known).
 type refunder interface {
-	refund(now time.Time, perSecond float64, burst int)
+	refund(now time.Time, perSecond float64, burst int) float64
 }
 
 // Refund puts an admitted request's token back: exactly one token, whatever
-// time has passed since it was taken (capped at the bucket's size).
+// time has passed since it was taken (capped at the bucket's size). The
+// decision then describes the bucket as the refund left it.
 func (d *Decision) Refund(now time.Time) {
 	if d.Admitted && d.refund != nil {
-		d.refund.refund(now, d.perSecond, d.burst)
+		if tokens := d.refund.refund(now, d.perSecond, d.burst); !math.IsNaN(tokens) {
+			d.setState(tokens)
+		}
 		d.Admitted = false
 	}
+}
+
+// setState describes a bucket holding tokens.
+func (d *Decision) setState(tokens float64) {
+	d.Remaining = math.Floor(max(tokens, 0))
+	d.NextIn = nextIn(tokens, d.perSecond, d.burst)
 }
 
 // bucket is one key's token bucket: tokens refill continuously at the
@@ -83,16 +94,47 @@ func (b *bucket) take(now time.Time, perSecond float64, burst int) Decision {
 		b.tokens--
 		d.Admitted, d.refund = true, b
 	}
-	d.Remaining = math.Floor(max(b.tokens, 0))
-	d.NextIn = nextIn(b.tokens, perSecond, burst)
+	d.setState(b.tokens)
 	return d
 }
 
-func (b *bucket) refund(now time.Time, perSecond float64, burst int) {
+func (b *bucket) refund(now time.Time, perSecond float64, burst int) float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.advance(now, perSecond, burst)
 	b.tokens = min(b.tokens+1, float64(burst))
+	return b.tokens
+}
+
+// ask is one zone's bucket that a request needs a token from.
+type ask struct {
+	zone *Zone
+	key  string
+}
+
+// decider decides a request against the buckets of every zone that
+// applies: the local stores, or Redis for several gateways. Both have the
+// same semantics: out gets the decisions up to and including the first
+// refused zone (n of them), and a refused request spends nothing.
+type decider interface {
+	decide(ctx context.Context, asks []ask, now time.Time, out []Decision) (n int, err error)
+}
+
+// localDecider takes from each zone's in-memory store in turn and gives
+// back what it took if a later zone refuses.
+type localDecider struct{}
+
+func (localDecider) decide(_ context.Context, asks []ask, now time.Time, out []Decision) (int, error) {
+	for i, a := range asks {
+		out[i] = a.zone.state.store.Reserve(a.key, a.zone.perSecond, a.zone.burst, now)
+		if !out[i].Admitted {
+			for j := range i {
+				out[j].Refund(now)
+			}
+			return i + 1, nil
+		}
+	}
+	return len(asks), nil
 }
 
 // nextIn is how long until a bucket holding tokens gains one whole token.

@@ -60,6 +60,7 @@ type Zone struct {
 	poolKey      string
 	state        *zoneState
 	counters     zoneCounters
+	redisPrefix  string // the zone's bucket keys in Redis, once computed
 }
 
 const defaultMaxKeys = 100_000

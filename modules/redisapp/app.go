@@ -1,0 +1,356 @@
+// Package redisapp is the `redis` app: one Redis client per process, shared
+// by every restgate module that coordinates several gateways through Redis
+// (api_rate_limit's `store redis`, api_etag's `redis`). It is configured
+// once, by the `redis` global option:
+//
+//	redis {
+//		address 127.0.0.1:6379
+//		username restgate
+//		password {env.RESTGATE_REDIS_PASSWORD}
+//		db 0
+//		tls [<server name>]
+//		key_prefix restgate:
+//		dial_timeout 1s
+//		timeout 250ms
+//		circuit_open 5s
+//	}
+//
+// The password is read from the environment (or a file, `{file./path}`)
+// when the configuration is loaded, so it is never part of the JSON config
+// that the admin API shows, and never logged.
+//
+// A dead Redis is not called on every request: after a failure the circuit
+// opens for circuit_open, during which calls fail at once (and each module
+// applies its on_error policy); then one call is let through to try again.
+// Opening and closing are logged once each.
+package redisapp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	httpcaddyfile.RegisterGlobalOption("redis", parseGlobalOption)
+	redis.SetLogger(goRedisLog{})
+}
+
+// App is the `redis` app.
+type App struct {
+	// host:port of the Redis (or Valkey) server. Default: 127.0.0.1:6379.
+	Address string `json:"address,omitempty"`
+	// ACL user and password; placeholders such as {env.X} and {file.X}
+	// are expanded when the configuration is loaded.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// The logical database.
+	DB int `json:"db,omitempty"`
+	// Connect over TLS (verified against the system roots, or TLSCA).
+	TLS           bool   `json:"tls,omitempty"`
+	TLSServerName string `json:"tls_server_name,omitempty"`
+	TLSCA         string `json:"tls_ca,omitempty"` // a PEM file
+	// Every key restgate writes starts with it. Default: "restgate:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Connecting may take DialTimeout (default 1s); each command Timeout
+	// (default 250ms): a slow Redis is a failed call, never a slow gateway.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+	Timeout     caddy.Duration `json:"timeout,omitempty"`
+	// How long the circuit stays open after a failure. Default: 5s.
+	CircuitOpen caddy.Duration `json:"circuit_open,omitempty"`
+	// Connections in the pool. Default: go-redis's (10 per CPU).
+	PoolSize int `json:"pool_size,omitempty"`
+
+	conn    *conn
+	poolKey string
+	logger  *zap.Logger
+}
+
+// conn is what a configuration's modules use; it outlives reloads that do
+// not change the connection settings (a UsagePool entry).
+type conn struct {
+	client  *redis.Client
+	prefix  string
+	timeout time.Duration
+	circuit *circuit
+	bus     *bus
+}
+
+func (c *conn) Destruct() error {
+	c.bus.close()
+	return c.client.Close()
+}
+
+var pool = caddy.NewUsagePool()
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "redis", New: func() caddy.Module { return new(App) }}
+}
+
+// Provision connects (lazily: go-redis dials on first use) and shares the
+// client with every later configuration that has the same settings.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.Address == "" {
+		a.Address = "127.0.0.1:6379"
+	}
+	if a.KeyPrefix == "" {
+		a.KeyPrefix = "restgate:"
+	}
+	if a.DialTimeout == 0 {
+		a.DialTimeout = caddy.Duration(time.Second)
+	}
+	if a.Timeout == 0 {
+		a.Timeout = caddy.Duration(250 * time.Millisecond)
+	}
+	if a.CircuitOpen == 0 {
+		a.CircuitOpen = caddy.Duration(5 * time.Second)
+	}
+	if a.DB < 0 || a.PoolSize < 0 || a.Timeout < 0 || a.DialTimeout < 0 || a.CircuitOpen < 0 {
+		return errors.New("redis: db, pool_size and durations must not be negative")
+	}
+	repl := caddy.NewReplacer()
+	password := repl.ReplaceAll(a.Password, "")
+	username := repl.ReplaceAll(a.Username, "")
+	var tlsConf *tls.Config
+	if a.TLS {
+		tlsConf = &tls.Config{ServerName: a.TLSServerName, MinVersion: tls.VersionTLS12}
+		if a.TLSCA != "" {
+			pem, err := os.ReadFile(a.TLSCA)
+			if err != nil {
+				return fmt.Errorf("redis: tls_ca: %v", err)
+			}
+			tlsConf.RootCAs = x509.NewCertPool()
+			if !tlsConf.RootCAs.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("redis: tls_ca %s holds no PEM certificate", a.TLSCA)
+			}
+		}
+	}
+	// the pool key covers every setting (the password by its presence
+	// and length only would be wrong: a changed password must reconnect)
+	a.poolKey = fmt.Sprint(a.Address, "\x00", username, "\x00", password, "\x00", a.DB, "\x00", a.TLS, a.TLSServerName, a.TLSCA,
+		"\x00", a.KeyPrefix, "\x00", a.DialTimeout, a.Timeout, a.CircuitOpen, a.PoolSize)
+	logger := a.logger
+	val, _, err := pool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		client := redis.NewClient(&redis.Options{
+			Addr:         a.Address,
+			Username:     username,
+			Password:     password,
+			DB:           a.DB,
+			TLSConfig:    tlsConf,
+			DialTimeout:  time.Duration(a.DialTimeout),
+			ReadTimeout:  time.Duration(a.Timeout),
+			WriteTimeout: time.Duration(a.Timeout),
+			PoolSize:     a.PoolSize,
+			// a refused call is retried by the caller's policy, not here:
+			// a request must not wait through retries of a dead server
+			MaxRetries:            -1,
+			ContextTimeoutEnabled: true,
+		})
+		c := &conn{
+			client:  client,
+			prefix:  a.KeyPrefix,
+			timeout: time.Duration(a.Timeout),
+			circuit: newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address),
+		}
+		c.bus = newBus(client, a.KeyPrefix+"events", logger.Named("bus"), c.circuit)
+		return c, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.conn = val.(*conn)
+	return nil
+}
+
+// Start and Stop: the connection lives as long as a configuration uses it.
+func (a *App) Start() error { return nil }
+func (a *App) Stop() error  { return nil }
+
+// Cleanup lets go of this configuration's use of the connection.
+func (a *App) Cleanup() error {
+	if a.conn == nil {
+		return nil
+	}
+	_, err := pool.Delete(a.poolKey)
+	return err
+}
+
+// Get returns the configuration's redis app, or an error telling the
+// operator to configure it.
+func Get(ctx caddy.Context) (*App, error) {
+	v, err := ctx.AppIfConfigured("redis")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return nil, errors.New("redis is not configured: add a `redis { address host:port }` block to the global options")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v.(*App), nil
+}
+
+// Client is the shared go-redis client.
+func (a *App) Client() *redis.Client { return a.conn.client }
+
+// Key is the prefixed name of a key.
+func (a *App) Key(name string) string { return a.conn.prefix + name }
+
+// Do runs fn with the command timeout, unless the circuit is open (then it
+// returns ErrUnavailable at once). A failure of fn opens the circuit.
+func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
+	if !a.conn.circuit.allow() {
+		return ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.conn.timeout)
+	defer cancel()
+	err := fn(ctx, a.conn.client)
+	if err != nil && !errors.Is(err, redis.Nil) && ctx.Err() != context.Canceled {
+		a.conn.circuit.failed(err)
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	a.conn.circuit.succeeded()
+	return err
+}
+
+// RetryIn is how long until the circuit lets a call through again (zero
+// when closed): a Retry-After for those who fail closed.
+func (a *App) RetryIn() time.Duration { return a.conn.circuit.retryIn() }
+
+// Publish sends an event to every gateway's subscribers (this one's too).
+func (a *App) Publish(ctx context.Context, topic, payload string) error {
+	return a.Do(ctx, func(ctx context.Context, c *redis.Client) error {
+		return c.Publish(ctx, a.conn.bus.channel, a.conn.bus.encode(topic, payload)).Err()
+	})
+}
+
+// Subscribe calls onEvent for each event on topic from another gateway,
+// and onResync whenever the subscription was (re)established after a
+// break, when events may have been missed. It returns the function that
+// ends the subscription.
+func (a *App) Subscribe(topic string, onEvent func(payload string), onResync func()) (cancel func()) {
+	return a.conn.bus.subscribe(topic, onEvent, onResync)
+}
+
+// PoolStats are the client's connection counts (for metrics and tests).
+func (a *App) PoolStats() *redis.PoolStats { return a.conn.client.PoolStats() }
+
+// ErrUnavailable wraps every failure to reach Redis.
+var ErrUnavailable = errors.New("redis unavailable")
+
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	var a App
+	d.Next()
+	if d.NextArg() {
+		a.Address = d.Val()
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "address":
+			err = oneArg(d, &a.Address)
+		case "username":
+			err = oneArg(d, &a.Username)
+		case "password":
+			err = oneArg(d, &a.Password)
+		case "db":
+			var s string
+			if err = oneArg(d, &s); err == nil {
+				if a.DB, err = strconv.Atoi(s); err != nil {
+					err = d.Errf("db: %q is not a number", s)
+				}
+			}
+		case "pool_size":
+			var s string
+			if err = oneArg(d, &s); err == nil {
+				if a.PoolSize, err = strconv.Atoi(s); err != nil {
+					err = d.Errf("pool_size: %q is not a number", s)
+				}
+			}
+		case "tls":
+			a.TLS = true
+			if d.NextArg() {
+				a.TLSServerName = d.Val()
+			}
+		case "tls_ca":
+			a.TLS = true
+			err = oneArg(d, &a.TLSCA)
+		case "key_prefix":
+			err = oneArg(d, &a.KeyPrefix)
+		case "dial_timeout":
+			err = durationArg(d, &a.DialTimeout)
+		case "timeout":
+			err = durationArg(d, &a.Timeout)
+		case "circuit_open":
+			err = durationArg(d, &a.CircuitOpen)
+		default:
+			return nil, d.Errf("unrecognized redis option %q (valid: address, username, password, db, tls, tls_ca, key_prefix, dial_timeout, timeout, circuit_open, pool_size)", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return httpcaddyfile.App{Name: "redis", Value: caddyconfig.JSON(a, nil)}, nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.AllArgs(dst) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil || v < 0 {
+		return d.Errf("%s: %q is not a duration (use e.g. 250ms, 1s)", d.Val(), s)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)
+
+// Connect provisions an App outside a Caddy configuration (tests and
+// tools); Cleanup releases it.
+func Connect(a App) (*App, error) {
+	ctx, _ := caddy.NewContext(caddy.Context{Context: context.Background()})
+	if err := a.Provision(ctx); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// goRedisLog sends go-redis's own messages (a dropped pub/sub connection
+// being re-established, say) to Caddy's log at debug level instead of the
+// standard logger: the circuit already logs an outage once.
+type goRedisLog struct{}
+
+func (goRedisLog) Printf(_ context.Context, format string, v ...any) {
+	caddy.Log().Named("redis").Debug(fmt.Sprintf(format, v...))
+}
