@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/restgate/restgate/internal/testpg"
 	"github.com/restgate/restgate/internal/testredis"
 )
 
@@ -158,12 +159,12 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	ports, err := freePorts(12)
+	ports, err := freePorts(14)
 	if err != nil {
 		return err
 	}
-	pBackend, pCaddy, pCaddyTLS, pMiss, pHit, pMissTLS, pNginxMiss, pNginxHit, pAdminCaddy, pAdminRG, pRespond, pMissRedis :=
-		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9], ports[10], ports[11]
+	pBackend, pCaddy, pCaddyTLS, pMiss, pHit, pMissTLS, pNginxMiss, pNginxHit, pAdminCaddy, pAdminRG, pRespond, pMissRedis, pResSQLite, pResPG :=
+		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9], ports[10], ports[11], ports[12], ports[13]
 	log.Printf("workdir %s", dir)
 
 	// the Redis the redis-store rows share their buckets through
@@ -173,6 +174,16 @@ func run(o options) error {
 	}
 	defer rs.Stop()
 	rtt, err := redisRTT(rs)
+	if err != nil {
+		return err
+	}
+	// the PostgreSQL the resources row on PostgreSQL uses
+	pg, err := testpg.Start()
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	pgURL, err := pg.NewDatabase("bench")
 	if err != nil {
 		return err
 	}
@@ -248,7 +259,7 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte(keys.String()), 0o600); err != nil {
 		return err
 	}
-	chain := func(etag, store string) string {
+	chainTo := func(etag, store, terminal string) string {
 		return fmt.Sprintf(`	api_errors
 	api_rate_limit_ip {
 		zone per-ip 1000000000/1s
@@ -263,10 +274,21 @@ http://127.0.0.1:%d {
 		%[5]s
 	}
 	%[2]s
-	reverse_proxy 127.0.0.1:%[3]d {
-		%[4]s
+	%[3]s
+`, dir, etag, terminal, "", store)
 	}
-`, dir, etag, pBackend, upstreamPool, store)
+	chain := func(etag, store string) string {
+		return chainTo(etag, store, fmt.Sprintf("reverse_proxy 127.0.0.1:%d {\n\t\t%s\n\t}", pBackend, upstreamPool))
+	}
+	resources := func(database string) string {
+		return chainTo("api_etag", "", fmt.Sprintf(`resources {
+		database %s
+		collection events {
+			key name
+			field name string
+			field meta object
+		}
+	}`, database))
 	}
 	const redisStore = "store redis\n\t\ton_error deny"
 	rgfile := fmt.Sprintf(`{
@@ -292,8 +314,13 @@ https://127.0.0.1:%d {
 %s}
 http://127.0.0.1:%d {
 %s}
+http://127.0.0.1:%d {
+%s}
+http://127.0.0.1:%d {
+%s}
 `, pAdminRG, dir, rs.Addr, pMiss, chain("api_etag", ""), pHit, chain("api_etag {\n\t\tcache\n\t}", ""), pMissTLS, chain("api_etag", ""),
-		pMissRedis, chain("api_etag {\n\t\tredis\n\t}", redisStore))
+		pMissRedis, chain("api_etag {\n\t\tredis\n\t}", redisStore),
+		pResSQLite, resources(filepath.Join(dir, "resources.db")), pResPG, resources(pgURL))
 	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.restgate"), []byte(rgfile), 0o600); err != nil {
 		return err
 	}
@@ -326,6 +353,13 @@ http://127.0.0.1:%d {
 		{"caddy respond (ceiling inside Caddy)", fmt.Sprintf("http://127.0.0.1:%d/doc", pRespond), "", "the same 1 KiB body from `respond`: no proxy", 0},
 		{"restgate, cache miss, Redis store", fmt.Sprintf("http://127.0.0.1:%d/doc", pMissRedis), "X-API-Key: " + key, "both limits `store redis` (one script call each), `api_etag { redis }`", 0},
 		{"restgate, cache miss, Redis store, 1 connection", fmt.Sprintf("http://127.0.0.1:%d/doc", pMissRedis), "X-API-Key: " + key, "light load", 1},
+		{"restgate → resources on SQLite", fmt.Sprintf("http://127.0.0.1:%d/v1/events/GW150914", pResSQLite), "X-API-Key: " + key, "the full chain in front of the in-process resources, GET of one document", 0},
+		{"restgate → resources on PostgreSQL", fmt.Sprintf("http://127.0.0.1:%d/v1/events/GW150914", pResPG), "X-API-Key: " + key, "the same on PostgreSQL (loopback)", 0},
+	}
+	for _, p := range []int{pResSQLite, pResPG} {
+		if err := seedEvent(fmt.Sprintf("http://127.0.0.1:%d/v1/events", p), key); err != nil {
+			return err
+		}
 	}
 	for _, c := range configs {
 		if err := waitReady(c, 60*time.Second); err != nil {
@@ -380,6 +414,28 @@ func connsFor(c config, o options) int {
 		return c.conns
 	}
 	return o.conns
+}
+
+// seedEvent creates the document the resources rows read, once the
+// gateway answers.
+func seedEvent(url, key string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(`{"name": "GW150914", "meta": {"padding": "`+strings.Repeat("x", 900)+`"}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-API-Key", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusConflict {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("seeding %s: %v %v", url, err, resp)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // stop ends a server and everything it started: SIGQUIT first (nginx's
@@ -632,9 +688,14 @@ func runMicro(o options) (string, error) {
 	}
 	args = append(args, "./modules/...", "./backends/...", "./internal/...")
 	log.Printf("go %s", strings.Join(args, " "))
-	raw, err := exec.Command("go", args...).CombinedOutput()
+	// benchmark lines from stdout only: a module's log line on stderr
+	// would otherwise split a result line in two
+	var stderr bytes.Buffer
+	cmd := exec.Command("go", args...)
+	cmd.Stderr = &stderr
+	raw, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("microbenchmarks: %v\n%s", err, raw)
+		return "", fmt.Errorf("microbenchmarks: %v\n%s\n%s", err, raw, stderr.Bytes())
 	}
 	f, err := os.CreateTemp("", "micro-*.txt")
 	if err != nil {
@@ -734,6 +795,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	fmt.Fprintf(&b, "| cache hit / caddy `respond` (the ceiling inside Caddy) ≥ 0.8 | %.2f | %s |\n", hit, check(hit >= 0.8))
 	fmt.Fprintf(&b, "| cache hit / caddy proxy | %.2f | |\n", rps("restgate, cache hit")/base)
 	fmt.Fprintf(&b, "| Redis store / local store ≥ 0.85 req/s | %.2f | %s |\n", redisRatio, check(redisRatio >= 0.85))
+	fmt.Fprintf(&b, "| resources on PostgreSQL / on SQLite, full chain, GET | %.2f | |\n", rps("restgate → resources on PostgreSQL")/rps("restgate → resources on SQLite"))
 	fmt.Fprintf(&b, "| Redis store: added p50 at 1 connection ≈ one Redis round trip (PING p50 %v) | %v | |\n", redisRTT.Round(time.Microsecond), addedP50Redis.Round(time.Microsecond))
 	const perKey = 256 // bytes a remembered key may cost, from the Go benchmark of 1M keys
 	bound := int64(100_000*perKey) + 64<<20

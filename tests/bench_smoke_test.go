@@ -17,7 +17,7 @@ import (
 func TestBenchSmoke(t *testing.T) {
 	for _, tool := range []string{"wrk", "nginx", "taskset", "redis-server"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed; .ci/run installs it (apt-get install wrk nginx-light redis-server)", tool)
+			t.Fatalf("%s is not installed; .ci/run installs it (apt-get install wrk nginx-light redis-server postgresql)", tool)
 		}
 	}
 	out := filepath.Join(t.TempDir(), "BENCHMARKS.md")
@@ -46,6 +46,7 @@ func TestBenchSmoke(t *testing.T) {
 		"| nginx, miss |", "| nginx, hit |", "| caddy reverse_proxy, HTTPS |", "| restgate, cache miss, HTTPS |",
 		"| caddy respond (ceiling inside Caddy) |", "| restgate, cache miss, Redis store |", "| restgate, cache miss, Redis store, 1 connection |",
 		"Redis store / local store", "ceiling inside Caddy) ≥ 0.8",
+		"| restgate → resources on SQLite |", "| restgate → resources on PostgreSQL |",
 		"distinct invalid API keys", "distinct client IPs", "## Go microbenchmarks", "## Targets",
 	} {
 		if !strings.Contains(string(report), row) {

@@ -56,6 +56,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer stopSharedRedis()
+	defer stopSharedPostgres()
 	return m.Run()
 }
 

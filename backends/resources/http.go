@@ -491,6 +491,12 @@ func (h *Handler) storeFail(w http.ResponseWriter, r *http.Request, err error, c
 	case errors.As(err, &p):
 	case errors.Is(err, ErrNotFound):
 		p = notFound(c, key)
+	case errors.Is(err, ErrUnavailable):
+		h.logger.Warn("the document store is unavailable", zap.String("collection", c.Name),
+			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
+		w.Header().Set("Retry-After", "1")
+		p = problem.New(http.StatusServiceUnavailable, "the document store cannot be reached right now; nothing was changed by this request unless a later read shows it; retry shortly")
+		p.Code = "store_unavailable"
 	default:
 		h.logger.Error("resource store error", zap.String("collection", c.Name),
 			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))

@@ -46,12 +46,17 @@ func init() {
 // collections: serve it only on loopback behind the gateway, which removes
 // any client-sent copy of them.
 type Handler struct {
-	// The SQLite database file. Default: `resources.db` in Caddy's data
-	// directory. Several handlers may share one file.
+	// Where the documents live: a SQLite file (default: `resources.db` in
+	// Caddy's data directory), or a PostgreSQL database given as a URL,
+	// `postgres://user@host:port/db?sslmode=verify-full`, for several
+	// gateways to share. PostgreSQL's password comes from PGPASSWORD or a
+	// password file (PGPASSFILE, ~/.pgpass); the URL is logged without it.
+	// Several handlers may share one database.
 	Database string `json:"database,omitempty"`
 
-	// `full` (default): an acknowledged write survives a crash and a power
-	// loss. `normal`: it survives a crash of the process, not of the machine.
+	// SQLite only. `full` (default): an acknowledged write survives a crash
+	// and a power loss. `normal`: it survives a crash of the process, not of
+	// the machine. (PostgreSQL's durability is its own configuration.)
 	Durability string `json:"durability,omitempty"`
 
 	// The URL prefix of the collections. Default: `/v1`.
@@ -144,13 +149,42 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	sum.Write(h.openapi)
 	h.openapiETag = `"` + strconv.FormatUint(sum.Sum64(), 36) + `"`
 
-	path, err := filepath.Abs(h.Database)
+	ps, err := h.openStore(ctx)
 	if err != nil {
 		return err
 	}
-	h.poolKey = path
-	val, _, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
-		s, err := openSQLite(path, h.Durability)
+	h.store = ps.indexedStore
+	for _, c := range h.Collections {
+		if err := ps.ensureIndexes(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openStore opens the handler's database, or shares it with the handlers
+// (and earlier configurations) that already have it open: a SQLite file by
+// its absolute path, a PostgreSQL database by its URL.
+func (h *Handler) openStore(ctx caddy.Context) (pooledStore, error) {
+	key, name := h.Database, redactURL(h.Database)
+	if !isPostgresURL(h.Database) {
+		path, err := filepath.Abs(h.Database)
+		if err != nil {
+			return pooledStore{}, err
+		}
+		key, name = path, path
+	}
+	h.poolKey = key
+	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		if isPostgresURL(key) {
+			s, err := openPostgres(ctx, key)
+			if err != nil {
+				return nil, err
+			}
+			h.logger.Info("resources on PostgreSQL", zap.String("database", name))
+			return pooledStore{s}, nil
+		}
+		s, err := openSQLite(key, h.Durability)
 		if err != nil {
 			return nil, err
 		}
@@ -158,16 +192,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	})
 	if err != nil {
 		h.poolKey = ""
-		return fmt.Errorf("opening %s: %v", path, err)
+		return pooledStore{}, fmt.Errorf("opening %s: %v", name, err)
 	}
-	ps := val.(pooledStore)
-	h.store = ps.sqliteStore
-	for _, c := range h.Collections {
-		if err := ps.ensureIndexes(c); err != nil {
-			return err
-		}
-	}
-	return nil
+	return val.(pooledStore), nil
 }
 
 func (h *Handler) prepareCollections() error {
@@ -227,7 +254,16 @@ func (h *Handler) Cleanup() error {
 // stores shares one open database per file across handlers and config reloads.
 var stores = caddy.NewUsagePool()
 
-type pooledStore struct{ *sqliteStore }
+// pooledStore is an open store in the pool; ensureIndexes creates the
+// indexes a collection's sortable fields need.
+type pooledStore struct {
+	indexedStore
+}
+
+type indexedStore interface {
+	Store
+	ensureIndexes(*Collection) error
+}
 
 func (p pooledStore) Destruct() error { return p.Close() }
 

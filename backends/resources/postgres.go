@@ -1,0 +1,380 @@
+package resources
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// pgStore keeps the documents in PostgreSQL, so that several gateways
+// share them. It answers as the SQLite store does: the same table shape
+// (the document kept as the exact text it was stored as, with a generated
+// jsonb copy that sorting, filtering and the indexes read)
+// (text columns in the C collation, so keys and strings sort byte-wise as
+// SQLite sorts them), the same sort and filter semantics, and preconditions
+// decided inside the write's transaction: Tx.Get locks the row (SELECT …
+// FOR UPDATE), so of two writers holding the same ETag, through the same
+// gateway or two, the second reads the first's result and fails its
+// precondition. A create is one INSERT … ON CONFLICT DO NOTHING: of two
+// creates of one key, one inserts and the other finds the row.
+//
+// The password comes from the environment (PGPASSWORD) or a password file
+// (PGPASSFILE, ~/.pgpass), as libpq's do, or from the URL; the URL is never
+// logged with it.
+type pgStore struct {
+	pool *pgxpool.Pool
+	// the declared types of each collection's sortable fields, which pick
+	// the SQL expression a field sorts and filters by
+	mu    sync.RWMutex
+	types map[string]map[string]string
+}
+
+// migrationLock is the advisory lock that serialises schema changes
+// between gateways that start (or reload) at once.
+const migrationLock = 0x72657374676174 // "restgat"
+
+const pgSchema = `
+CREATE TABLE IF NOT EXISTS documents (
+	collection  text COLLATE "C" NOT NULL,
+	parent      text COLLATE "C" NOT NULL DEFAULT '',
+	key         text COLLATE "C" NOT NULL,
+	doc         text NOT NULL,
+	fields      jsonb GENERATED ALWAYS AS (doc::jsonb) STORED,
+	owner       text COLLATE "C" NOT NULL DEFAULT '',
+	version     bigint NOT NULL,
+	created_at  timestamptz NOT NULL,
+	modified_at timestamptz,
+	PRIMARY KEY (collection, parent, key)
+);
+CREATE INDEX IF NOT EXISTS documents_created ON documents (collection, parent, created_at);
+CREATE INDEX IF NOT EXISTS documents_modified ON documents (collection, parent, modified_at NULLS FIRST);
+CREATE INDEX IF NOT EXISTS documents_owner ON documents (collection, owner);
+`
+
+// isPostgresURL tells a PostgreSQL database from a SQLite file.
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// redactURL is the URL without its password, for logs and errors.
+func redactURL(s string) string {
+	cfg, err := pgconn.ParseConfig(s)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), cfg.Database)
+}
+
+// openPostgres connects and creates or upgrades the schema under the
+// migration lock.
+func openPostgres(ctx context.Context, url string) (*pgStore, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// pgx's message may quote the URL, password included
+		return nil, errors.New("the PostgreSQL URL cannot be parsed (postgres://user@host:port/database?sslmode=...)")
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &pgStore{pool: pool, types: map[string]map[string]string{}}
+	if err := s.migrate(ctx, func(ctx context.Context, c *pgxpool.Conn) error {
+		_, err := c.Exec(ctx, pgSchema)
+		return err
+	}); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("creating the schema: %w", err)
+	}
+	return s, nil
+}
+
+// migrate runs fn holding the migration lock, on one connection.
+func (s *pgStore) migrate(ctx context.Context, fn func(context.Context, *pgxpool.Conn) error) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	if _, err := c.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrationLock)); err != nil {
+		return err
+	}
+	defer c.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrationLock))
+	return fn(ctx, c)
+}
+
+// pgExpr is the SQL expression a field sorts and filters by: strings
+// compare byte-wise (COLLATE "C", as SQLite compares), everything else as
+// jsonb (numbers numerically, false before true).
+func pgExpr(field, typ string) (string, error) {
+	switch field {
+	case keyField:
+		return "key", nil
+	case metaCreated, metaModified:
+		return field, nil
+	}
+	if !identifier.MatchString(field) {
+		return "", fmt.Errorf("invalid field name %q", field)
+	}
+	if typ == "string" {
+		return `((fields->>'` + field + `') COLLATE "C")`, nil
+	}
+	return `(fields->'` + field + `')`, nil
+}
+
+// onFields tells a document field's expression from a column.
+func onFields(expr string) bool { return strings.Contains(expr, "fields") }
+
+// ensureIndexes records the collection's field types and adds an index
+// per sortable field (created by the first gateway to need it, under the
+// migration lock): a configuration that adds a field needs no migration.
+func (s *pgStore) ensureIndexes(c *Collection) error {
+	types := map[string]string{}
+	for _, name := range c.sortable {
+		if f := c.fields[name]; f != nil {
+			types[name] = f.Type
+		}
+	}
+	s.mu.Lock()
+	s.types[c.Name] = types
+	s.mu.Unlock()
+	return s.migrate(context.Background(), func(ctx context.Context, conn *pgxpool.Conn) error {
+		for _, name := range c.sortable {
+			expr, err := pgExpr(name, types[name])
+			if err != nil || !onFields(expr) {
+				continue
+			}
+			sum := sha256.Sum256([]byte(c.Name + "\x00" + name + "\x00" + expr))
+			// NULLS FIRST as the queries sort (SQLite's order), so the
+			// index serves both directions
+			stmt := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS "ix_%s" ON documents (collection, parent, %s NULLS FIRST, key)`, hex.EncodeToString(sum[:12]), expr)
+			if _, err := conn.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("indexing %s.%s: %w", c.Name, name, err)
+			}
+		}
+		return nil
+	})
+}
+
+func (s *pgStore) fieldType(collection, field string) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.types[collection][field]
+}
+
+const pgDocColumns = `collection, parent, key, doc, owner, version, created_at, modified_at`
+
+func (s *pgStore) Get(ctx context.Context, collection, parent, key string) (*Doc, error) {
+	d, err := scanPgDoc(s.pool.QueryRow(ctx, `SELECT `+pgDocColumns+` FROM documents WHERE collection = $1 AND parent = $2 AND key = $3`, collection, parent, key))
+	return d, unavailable(err)
+}
+
+func (s *pgStore) List(ctx context.Context, q ListQuery) ([]*Doc, int, error) {
+	where := []string{"collection = $1", "parent = $2"}
+	args := []any{q.Collection, q.Parent}
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if q.Owner != "" {
+		where = append(where, "owner = "+arg(q.Owner))
+	}
+	for _, f := range q.Filters {
+		typ := s.fieldType(q.Collection, f.Field)
+		expr, err := pgExpr(f.Field, typ)
+		if err != nil {
+			return nil, 0, err
+		}
+		switch {
+		case !onFields(expr), typ == "string":
+			where = append(where, expr+" = "+arg(fmt.Sprint(f.Value)))
+		default:
+			where = append(where, expr+" = "+arg(jsonFilterValue(f.Value, typ))+"::jsonb")
+		}
+	}
+	cond := strings.Join(where, " AND ")
+	var total int
+	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM documents WHERE `+cond, args...).Scan(&total); err != nil {
+		return nil, 0, unavailable(err)
+	}
+	var order []string
+	for _, o := range q.Sort {
+		expr, err := pgExpr(o.Field, s.fieldType(q.Collection, o.Field))
+		if err != nil {
+			return nil, 0, err
+		}
+		// SQLite puts NULLs (a missing field) first when ascending
+		if o.Desc {
+			expr += " DESC NULLS LAST"
+		} else {
+			expr += " ASC NULLS FIRST"
+		}
+		order = append(order, expr)
+	}
+	order = append(order, "key") // a stable order across pages
+	limit, offset := arg(q.Limit), arg(q.Offset)
+	rows, err := s.pool.Query(ctx, `SELECT `+pgDocColumns+` FROM documents WHERE `+cond+` ORDER BY `+strings.Join(order, ", ")+` LIMIT `+limit+` OFFSET `+offset, args...)
+	if err != nil {
+		return nil, 0, unavailable(err)
+	}
+	defer rows.Close()
+	docs := make([]*Doc, 0, q.Limit)
+	for rows.Next() {
+		d, err := scanPgDoc(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		docs = append(docs, d)
+	}
+	return docs, total, unavailable(rows.Err())
+}
+
+// jsonFilterValue is a filter value as the JSON the documents hold: the
+// handler gives booleans as 1/0 (what SQLite's json_extract yields).
+func jsonFilterValue(v any, typ string) string {
+	if typ == "boolean" {
+		if v == 1 {
+			return "true"
+		}
+		return "false"
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// Update runs fn in a transaction; a deadlock or serialization failure
+// (which PostgreSQL resolves by aborting one side) runs it again.
+func (s *pgStore) Update(ctx context.Context, fn func(Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			return fn(pgTx{ctx: ctx, tx: tx})
+		})
+		var pe *pgconn.PgError
+		if attempt < 5 && errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") {
+			continue
+		}
+		return unavailable(err)
+	}
+}
+
+func (s *pgStore) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+type pgTx struct {
+	ctx context.Context
+	tx  pgx.Tx
+}
+
+// Get reads and locks the row until the transaction ends.
+func (t pgTx) Get(collection, parent, key string) (*Doc, error) {
+	return scanPgDoc(t.tx.QueryRow(t.ctx, `SELECT `+pgDocColumns+` FROM documents WHERE collection = $1 AND parent = $2 AND key = $3 FOR UPDATE`, collection, parent, key))
+}
+
+func (t pgTx) Insert(d *Doc) error {
+	tag, err := t.tx.Exec(t.ctx, `INSERT INTO documents (collection, parent, key, doc, owner, version, created_at, modified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
+		d.Collection, d.Parent, d.Key, string(d.Body), d.Owner, d.Version, d.Created.UTC(), pgTime(d.Modified))
+	return affected(tag, err, ErrExists)
+}
+
+func (t pgTx) Replace(d *Doc) error {
+	tag, err := t.tx.Exec(t.ctx, `UPDATE documents SET doc = $1, owner = $2, version = $3, modified_at = $4 WHERE collection = $5 AND parent = $6 AND key = $7`,
+		string(d.Body), d.Owner, d.Version, pgTime(d.Modified), d.Collection, d.Parent, d.Key)
+	return affected(tag, err, ErrNotFound)
+}
+
+func (t pgTx) Delete(collection, parent, key string) error {
+	tag, err := t.tx.Exec(t.ctx, `DELETE FROM documents WHERE collection = $1 AND parent = $2 AND key = $3`, collection, parent, key)
+	return affected(tag, err, ErrNotFound)
+}
+
+func (t pgTx) CountChildren(collection, parent string) (int, error) {
+	var n int
+	err := t.tx.QueryRow(t.ctx, `SELECT COUNT(*) FROM documents WHERE collection = $1 AND parent = $2`, collection, parent).Scan(&n)
+	return n, err
+}
+
+func (t pgTx) DeleteChildren(collection, parent string) error {
+	_, err := t.tx.Exec(t.ctx, `DELETE FROM documents WHERE collection = $1 AND parent = $2`, collection, parent)
+	return err
+}
+
+func affected(tag pgconn.CommandTag, err error, ifNone error) error {
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ifNone
+	}
+	return nil
+}
+
+func scanPgDoc(row pgx.Row) (*Doc, error) {
+	var d Doc
+	var body string
+	var modified *time.Time
+	err := row.Scan(&d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &d.Created, &modified)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.Body = json.RawMessage(body)
+	d.Created = d.Created.UTC()
+	if modified != nil {
+		d.Modified = modified.UTC()
+	}
+	return &d, nil
+}
+
+func pgTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UTC()
+}
+
+// ErrUnavailable wraps a failure to reach the database (as opposed to an
+// error the database raised about a statement): the handler answers 503.
+var ErrUnavailable = errors.New("the document store is unavailable")
+
+func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case strings.HasPrefix(pe.Code, "08"), // connection exception
+			pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03", // shutting down, cannot connect now
+			pe.Code == "53300": // too many connections
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		return err
+	}
+	var ne net.Error
+	if errors.As(err, new(*pgconn.ConnectError)) || errors.As(err, &ne) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		strings.Contains(err.Error(), "conn closed") {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return err
+}
