@@ -119,27 +119,38 @@ func (s *pgStore) migrate(ctx context.Context, fn func(context.Context, *pgxpool
 	return fn(ctx, c)
 }
 
-// pgExpr is the SQL expression a field sorts and filters by: strings
-// compare byte-wise (COLLATE "C", as SQLite compares), everything else as
-// jsonb (numbers numerically, false before true).
-func pgExpr(field, typ string) (string, error) {
+// prefixChars is how much of a string field an index holds: a btree entry
+// has a size limit (about 2.7 kB), and a string field may be 1 MB.
+const prefixChars = 200
+
+// fieldExprs are the SQL expressions a field sorts by, in order, and the
+// one its index is built on ("" for none). Strings compare byte-wise
+// (COLLATE "C", as SQLite compares) by their first prefixChars characters,
+// which the index holds, then in full (which orders exactly as the full
+// string alone: a prefix that differs decides); numbers and booleans
+// compare as jsonb (numerically; false before true). A field of no
+// declared type may hold anything, of any size: it is sorted as jsonb
+// without an index.
+func fieldExprs(field, typ string) (sort []string, index string, err error) {
 	switch field {
 	case keyField:
-		return "key", nil
+		return []string{"key"}, "", nil
 	case metaCreated, metaModified:
-		return field, nil
+		return []string{field}, "", nil
 	}
 	if !identifier.MatchString(field) {
-		return "", fmt.Errorf("invalid field name %q", field)
+		return nil, "", fmt.Errorf("invalid field name %q", field)
 	}
-	if typ == "string" {
-		return `((fields->>'` + field + `') COLLATE "C")`, nil
+	switch typ {
+	case "string":
+		prefix := fmt.Sprintf(`(left(fields->>'%s', %d) COLLATE "C")`, field, prefixChars)
+		return []string{prefix, `((fields->>'` + field + `') COLLATE "C")`}, prefix, nil
+	case "number", "integer", "boolean":
+		e := `(fields->'` + field + `')`
+		return []string{e}, e, nil
 	}
-	return `(fields->'` + field + `')`, nil
+	return []string{`(fields->'` + field + `')`}, "", nil
 }
-
-// onFields tells a document field's expression from a column.
-func onFields(expr string) bool { return strings.Contains(expr, "fields") }
 
 // ensureIndexes records the collection's field types and adds an index
 // per sortable field (created by the first gateway to need it, under the
@@ -156,8 +167,8 @@ func (s *pgStore) ensureIndexes(c *Collection) error {
 	s.mu.Unlock()
 	return s.migrate(context.Background(), func(ctx context.Context, conn *pgxpool.Conn) error {
 		for _, name := range c.sortable {
-			expr, err := pgExpr(name, types[name])
-			if err != nil || !onFields(expr) {
+			_, expr, err := fieldExprs(name, types[name])
+			if err != nil || expr == "" {
 				continue
 			}
 			sum := sha256.Sum256([]byte(c.Name + "\x00" + name + "\x00" + expr))
@@ -197,15 +208,18 @@ func (s *pgStore) List(ctx context.Context, q ListQuery) ([]*Doc, int, error) {
 	}
 	for _, f := range q.Filters {
 		typ := s.fieldType(q.Collection, f.Field)
-		expr, err := pgExpr(f.Field, typ)
+		exprs, _, err := fieldExprs(f.Field, typ)
 		if err != nil {
 			return nil, 0, err
 		}
 		switch {
-		case !onFields(expr), typ == "string":
-			where = append(where, expr+" = "+arg(fmt.Sprint(f.Value)))
+		case len(exprs) == 2: // a string: the indexed prefix, then in full
+			v := fmt.Sprint(f.Value)
+			where = append(where, fmt.Sprintf("%s = left(%s, %d) AND %s = %s", exprs[0], arg(v), prefixChars, exprs[1], arg(v)))
+		case strings.Contains(exprs[0], "fields"):
+			where = append(where, exprs[0]+" = "+arg(jsonFilterValue(f.Value, typ))+"::jsonb")
 		default:
-			where = append(where, expr+" = "+arg(jsonFilterValue(f.Value, typ))+"::jsonb")
+			where = append(where, exprs[0]+" = "+arg(fmt.Sprint(f.Value)))
 		}
 	}
 	cond := strings.Join(where, " AND ")
@@ -215,17 +229,19 @@ func (s *pgStore) List(ctx context.Context, q ListQuery) ([]*Doc, int, error) {
 	}
 	var order []string
 	for _, o := range q.Sort {
-		expr, err := pgExpr(o.Field, s.fieldType(q.Collection, o.Field))
+		exprs, _, err := fieldExprs(o.Field, s.fieldType(q.Collection, o.Field))
 		if err != nil {
 			return nil, 0, err
 		}
-		// SQLite puts NULLs (a missing field) first when ascending
-		if o.Desc {
-			expr += " DESC NULLS LAST"
-		} else {
-			expr += " ASC NULLS FIRST"
+		for _, expr := range exprs {
+			// SQLite puts NULLs (a missing field) first when ascending
+			if o.Desc {
+				expr += " DESC NULLS LAST"
+			} else {
+				expr += " ASC NULLS FIRST"
+			}
+			order = append(order, expr)
 		}
-		order = append(order, expr)
 	}
 	order = append(order, "key") // a stable order across pages
 	limit, offset := arg(q.Limit), arg(q.Offset)

@@ -57,11 +57,13 @@ func (s *Server) run(path string) error {
 	s.cmd = exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(s.dir, "redis.log"))
-	if err := s.cmd.Start(); err != nil {
+	cmd := s.cmd
+	if err := cmd.Start(); err != nil {
 		return err
 	}
-	s.done = make(chan struct{})
-	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	done := make(chan struct{})
+	s.done = done
+	go func() { _ = cmd.Wait(); close(done) }()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(15 * time.Second)
@@ -94,13 +96,30 @@ func (s *Server) Kill() {
 }
 
 // Restart starts the server again on the same address (empty: no
-// persistence). A client that was connected must reconnect.
+// persistence), unless it is running. A client that was connected must
+// reconnect.
 func (s *Server) Restart() error {
+	if s.Running() {
+		return nil
+	}
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
 		return err
 	}
 	return s.run(path)
+}
+
+// Running reports whether the server process is alive.
+func (s *Server) Running() bool {
+	if s.done == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Stop ends the server and removes its directory.
