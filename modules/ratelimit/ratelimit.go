@@ -82,8 +82,8 @@ type Handler struct {
 	refusalLog *zap.Logger // logger, sampled
 	events     *caddyevents.App
 	ctx        caddy.Context
-	decider    decider
 	redis      *redisapp.App
+	shared     *redisDecider // the redis store; nil for the local one
 }
 
 // CaddyModule returns the Caddy module information.
@@ -123,7 +123,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	switch h.Store {
 	case "", StoreLocal:
-		h.decider = localDecider{}
 	case StoreRedis:
 		if h.OnError != OnErrorAllow && h.OnError != OnErrorDeny {
 			return fmt.Errorf("store redis needs an explicit on_error: allow (admit requests while Redis is down) or deny (refuse them with 503)")
@@ -133,7 +132,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 		h.redis = app
-		h.decider = &redisDecider{app: app}
+		h.shared = &redisDecider{app: app}
 	default:
 		return fmt.Errorf("store must be %s or %s, not %q", StoreLocal, StoreRedis, h.Store)
 	}
@@ -205,9 +204,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if m == 0 {
 		return next.ServeHTTP(w, r)
 	}
-	n, err := h.decider.decide(r.Context(), asks[:m], now, decided[:])
-	if err != nil {
-		return h.undecided(w, r, next, asks[:m])
+	var n int
+	if h.shared != nil {
+		var err error
+		if n, err = h.shared.decide(r.Context(), asks[:m], now, decided[:]); err != nil {
+			return h.undecided(w, r, next, asks[:m])
+		}
+	} else {
+		n = decideLocal(asks[:m], now, decided[:])
 	}
 	refused := -1
 	for i := range n {

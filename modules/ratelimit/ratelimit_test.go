@@ -91,7 +91,7 @@ func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *testclock.Clock) 
 	h.logger = zap.NewNop()
 	if testStore == StoreRedis {
 		h.Store, h.OnError, h.redis = StoreRedis, OnErrorDeny, testRedisApp
-		h.decider = &redisDecider{app: testRedisApp, callerClock: true}
+		h.shared = &redisDecider{app: testRedisApp, callerClock: true}
 		for _, z := range h.Zones {
 			z.redisPrefix = z.redisKeyPrefix(testRedisApp)
 		}
@@ -331,7 +331,7 @@ func TestRedisUsesItsOwnClock(t *testing.T) {
 	testStore = StoreRedis
 	h, clock := newLimiter(t, "api_rate_limit {\n zone "+uniq("clock")+" 1/1h\n}", false)
 	testStore = StoreLocal
-	h.decider.(*redisDecider).callerClock = false
+	h.shared.callerClock = false
 	if _, err := send(h, request("GET", "/", "192.0.2.1", "a")); err != nil {
 		t.Fatal(err)
 	}

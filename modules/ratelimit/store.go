@@ -1,7 +1,6 @@
 package ratelimit
 
 import (
-	"context"
 	"math"
 	"sync"
 	"time"
@@ -112,29 +111,25 @@ type ask struct {
 	key  string
 }
 
-// decider decides a request against the buckets of every zone that
-// applies: the local stores, or Redis for several gateways. Both have the
+// A request is decided against the buckets of every zone that applies by
+// the local stores (decideLocal) or Redis (redisDecider.decide), with the
 // same semantics: out gets the decisions up to and including the first
-// refused zone (n of them), and a refused request spends nothing.
-type decider interface {
-	decide(ctx context.Context, asks []ask, now time.Time, out []Decision) (n int, err error)
-}
+// refused zone (n of them), and a refused request spends nothing. (Direct
+// calls, not an interface: the caller's arrays then stay on its stack.)
 
-// localDecider takes from each zone's in-memory store in turn and gives
+// decideLocal takes from each zone's in-memory store in turn and gives
 // back what it took if a later zone refuses.
-type localDecider struct{}
-
-func (localDecider) decide(_ context.Context, asks []ask, now time.Time, out []Decision) (int, error) {
+func decideLocal(asks []ask, now time.Time, out []Decision) int {
 	for i, a := range asks {
 		out[i] = a.zone.state.store.Reserve(a.key, a.zone.perSecond, a.zone.burst, now)
 		if !out[i].Admitted {
 			for j := range i {
 				out[j].Refund(now)
 			}
-			return i + 1, nil
+			return i + 1
 		}
 	}
-	return len(asks), nil
+	return len(asks)
 }
 
 // nextIn is how long until a bucket holding tokens gains one whole token.
