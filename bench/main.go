@@ -704,12 +704,29 @@ func runMicro(o options) (string, error) {
 	defer os.Remove(f.Name())
 	f.Write(raw)
 	f.Close()
-	stat, err := exec.Command("go", "tool", "-modfile=tools/go.mod", "benchstat", f.Name()).CombinedOutput()
+	// against the committed numbers when there are some, so a regression
+	// of a hot path shows as a delta; then this run becomes the baseline
+	args = []string{"tool", "-modfile=tools/go.mod", "benchstat"}
+	if _, err := os.Stat(microBaseline); err == nil && !o.smoke {
+		args = append(args, "committed="+microBaseline, "now="+f.Name())
+	} else {
+		args = append(args, f.Name())
+	}
+	stat, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("benchstat: %v\n%s", err, stat)
 	}
+	if !o.smoke {
+		if err := os.WriteFile(microBaseline, raw, 0o644); err != nil {
+			return "", err
+		}
+	}
 	return string(stat), nil
 }
+
+// microBaseline holds the raw microbenchmark output of the last full
+// `make bench`, committed with BENCHMARKS.md: the next run compares with it.
+const microBaseline = "bench/micro-baseline.txt"
 
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
@@ -812,7 +829,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 		b.WriteString("\n## Go microbenchmarks\n\nNot run in a smoke run.\n")
 	}
 	if micro != "" {
-		fmt.Fprintf(&b, "\n## Go microbenchmarks\n\n`go test -run '^$' -bench . -benchmem -count %d ./modules/... ./backends/... ./internal/...`, summarised by `benchstat` (pinned in tools/go.mod):\n\n```\n%s```\n", o.count, micro)
+		fmt.Fprintf(&b, "\n## Go microbenchmarks\n\n`go test -run '^$' -bench . -benchmem -count %d ./modules/... ./backends/... ./internal/...`, summarised by `benchstat` (pinned in tools/go.mod) against the previous full run's raw numbers, committed as `bench/micro-baseline.txt` (this run's become the next baseline):\n\n```\n%s```\n", o.count, micro)
 	}
 	return b.String()
 }

@@ -181,7 +181,7 @@ func (h *Handler) openStore(ctx caddy.Context) (pooledStore, error) {
 			if err != nil {
 				return nil, err
 			}
-			h.logger.Info("resources on PostgreSQL", zap.String("database", name))
+			h.logger.Debug("resources on PostgreSQL", zap.String("database", name))
 			return pooledStore{s}, nil
 		}
 		s, err := openSQLite(key, h.Durability)

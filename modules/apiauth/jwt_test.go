@@ -152,6 +152,14 @@ func with(c map[string]any, k string, v any) map[string]any {
 // on a clock that moves a millisecond a read, and a refetch interval.
 func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration) *Handler {
 	t.Helper()
+	return newJWTAuthStep(t, is, minRefetch, time.Millisecond)
+}
+
+// newJWTAuthStep is newJWTAuth with the clock's step per read: a benchmark
+// reads it millions of times, and a millisecond each would expire its
+// token.
+func newJWTAuthStep(t testing.TB, is *issuerServer, minRefetch, step time.Duration) *Handler {
+	t.Helper()
 	t.Setenv(EnvAPIKey, "")
 	t.Setenv(EnvAPIKeyFile, "")
 	h := &Handler{
@@ -161,7 +169,7 @@ func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration) *Handl
 			ScopeMap:   map[string]string{"storage.read:/": "read", "storage.modify:/": "write"},
 			MinRefetch: caddy.Duration(minRefetch),
 		}},
-		now: testclock.New(testNow, time.Millisecond).Now,
+		now: testclock.New(testNow, step).Now,
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -405,7 +413,7 @@ func TestJWTConfigErrors(t *testing.T) {
 func BenchmarkJWTVerify(b *testing.B) {
 	is := newIssuerServer(b)
 	is.publish(rsaSigner, ecSigner)
-	h := newJWTAuth(b, is, 0)
+	h := newJWTAuthStep(b, is, 0, time.Nanosecond)
 	for _, s := range []signer{rsaSigner, ecSigner} {
 		tok := mint(b, s, claimsFor(is, "storage.read:/"), nil)
 		b.Run(string(s.alg), func(b *testing.B) {

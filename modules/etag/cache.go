@@ -186,6 +186,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 		stored: received, initialAge: initialAge(hdr, requested, received), freshFor: freshFor, vary: vary,
 	}
 	e.header["Content-Length"] = []string{strconv.Itoa(len(body))}
+	e.privateCC, e.privateChanges = privateCacheControl(e.header)
 	for _, name := range vary {
 		e.varyValues = append(e.varyValues, strings.Join(r.Header.Values(name), ","))
 	}
@@ -268,6 +269,7 @@ func (h *Handler) refresh(e *entry, hdr http.Header, requested, received time.Ti
 		cp.etag = et
 	}
 	cp.lastModified = parseHTTPTime(fresh["Last-Modified"])
+	cp.privateCC, cp.privateChanges = privateCacheControl(fresh)
 	if freshFor, ok := h.freshness(parseCacheControl(fresh), fresh, received); ok {
 		cp.freshFor = freshFor
 	}
@@ -324,6 +326,10 @@ type entry struct {
 	vary         []string // canonical request header names
 	varyValues   []string
 	size         int64
+	// the Cache-Control an authenticated user's copy leaves with (§5.2.2.7),
+	// computed once: privateChanges is false when the stored one serves
+	privateCC      []string
+	privateChanges bool
 }
 
 // entryOverhead is what an entry costs beyond its strings and body: the
@@ -343,6 +349,9 @@ func (e *entry) footprint() int64 {
 	}
 	for i := range e.vary {
 		n += int64(len(e.vary[i]) + len(e.varyValues[i]) + 32)
+	}
+	for _, s := range e.privateCC {
+		n += int64(len(s)) + 16
 	}
 	return n
 }

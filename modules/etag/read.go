@@ -186,8 +186,8 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, w
 	}
 	hdr["Age"] = []string{strconv.FormatInt(int64(e.age(h.now())/time.Second), 10)}
 	addCacheStatus(hdr, status)
-	if who.authenticated() {
-		markPrivate(hdr)
+	if who.authenticated() && e.privateChanges {
+		hdr["Cache-Control"] = e.privateCC
 	}
 	if httpcond.Evaluate(r, true, e.etag, e.lastModified) == httpcond.NotModified {
 		writeNotModified(w)
@@ -233,20 +233,26 @@ func writeNotModified(w http.ResponseWriter) {
 // gateway: the gateway's own cache decides on the backend's directives
 // (stored per principal, or shared when `public` or `s-maxage`).
 func markPrivate(hdr http.Header) {
+	if v, change := privateCacheControl(hdr); change {
+		hdr["Cache-Control"] = v
+	}
+}
+
+// privateCacheControl is the Cache-Control that markPrivate gives hdr,
+// and whether it differs from hdr's own. A stored entry computes it once.
+func privateCacheControl(hdr http.Header) ([]string, bool) {
 	if len(hdr["Cache-Control"]) == 0 {
-		hdr["Cache-Control"] = privateCC
-		return
+		return privateCC, true
 	}
 	d := parseCacheControl(hdr)
 	if d.has("public") || d.has("private") || d.has("no-store") {
-		return
+		return nil, false
 	}
 	cc := strings.Join(hdr["Cache-Control"], ", ")
 	if strings.TrimSpace(cc) == "" {
-		hdr["Cache-Control"] = privateCC
-		return
+		return privateCC, true
 	}
-	hdr["Cache-Control"] = []string{"private, " + cc}
+	return []string{"private, " + cc}, true
 }
 
 var privateCC = []string{"private"}
