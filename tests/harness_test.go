@@ -55,9 +55,38 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "restgate binary:", err)
 		return 1
 	}
-	defer stopSharedRedis()
-	defer stopSharedPostgres()
+	defer redisServer.stop()
+	defer postgresServer.stop()
 	return m.Run()
+}
+
+// shared is a server the whole package uses (Redis, PostgreSQL): started
+// by the first test that needs it, stopped by TestMain. A server that
+// cannot start fails every test that needs it, with the reason.
+type shared[S interface{ Stop() }] struct {
+	start func() (S, error)
+	once  sync.Once
+	s     S
+	err   error
+	up    bool
+}
+
+func (l *shared[S]) get(t testing.TB) S {
+	t.Helper()
+	l.once.Do(func() {
+		l.s, l.err = l.start()
+		l.up = l.err == nil
+	})
+	if l.err != nil {
+		t.Fatal(l.err)
+	}
+	return l.s
+}
+
+func (l *shared[S]) stop() {
+	if l.up {
+		l.s.Stop()
+	}
 }
 
 // Gateway is one running restgate process.

@@ -10,28 +10,10 @@ import (
 	"github.com/restgate/restgate/internal/testpg"
 )
 
-// One PostgreSQL for the package, started by the first test that needs it
-// and stopped by TestMain; each test has its own database.
-var (
-	pgOnce   sync.Once
-	pgServer *testpg.Server
-	pgErr    error
-)
+// One PostgreSQL for the package; each test has its own database.
+var postgresServer = &shared[*testpg.Server]{start: testpg.Start}
 
-func sharedPostgres(t testing.TB) *testpg.Server {
-	t.Helper()
-	pgOnce.Do(func() { pgServer, pgErr = testpg.Start() })
-	if pgErr != nil {
-		t.Fatal(pgErr)
-	}
-	return pgServer
-}
-
-func stopSharedPostgres() {
-	if pgServer != nil {
-		pgServer.Stop()
-	}
-}
+func sharedPostgres(t testing.TB) *testpg.Server { return postgresServer.get(t) }
 
 // pgConfig: resources on database url behind api_auth, without api_etag,
 // so that only the store's transactions decide preconditions.

@@ -14,28 +14,10 @@ import (
 	"github.com/restgate/restgate/internal/testredis"
 )
 
-// One redis-server for the package, started by the first test that needs
-// it and stopped by TestMain; each test uses its own key prefix.
-var (
-	redisOnce   sync.Once
-	redisServer *testredis.Server
-	redisErr    error
-)
+// One redis-server for the package; each test uses its own key prefix.
+var redisServer = &shared[*testredis.Server]{start: testredis.Start}
 
-func sharedRedis(t testing.TB) *testredis.Server {
-	t.Helper()
-	redisOnce.Do(func() { redisServer, redisErr = testredis.Start() })
-	if redisErr != nil {
-		t.Fatal(redisErr)
-	}
-	return redisServer
-}
-
-func stopSharedRedis() {
-	if redisServer != nil {
-		redisServer.Stop()
-	}
-}
+func sharedRedis(t testing.TB) *testredis.Server { return redisServer.get(t) }
 
 // redisGlobals are test globals with the redis app on the shared server.
 func redisGlobals(t *testing.T, prefix string) string {

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/restgate/restgate/internal/testnet"
 )
 
 // Server is one PostgreSQL cluster.
@@ -77,7 +77,7 @@ func Start() (*Server, error) {
 	}
 	var lastErr error
 	for range 3 { // a free port can be taken between pick and bind
-		if s.Port, err = freePort(); err != nil {
+		if s.Port, err = testnet.FreePort(); err != nil {
 			return nil, err
 		}
 		if lastErr = s.start(); lastErr == nil {
@@ -151,13 +151,4 @@ func (s *Server) NewDatabase(prefix string) (string, error) {
 		return "", err
 	}
 	return s.URL(name), nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

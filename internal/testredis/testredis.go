@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/restgate/restgate/internal/testnet"
 )
 
 // Server is one redis-server process.
@@ -39,7 +40,7 @@ func Start() (*Server, error) {
 	s := &Server{dir: dir}
 	var lastErr error
 	for range 3 { // a free port can be taken between pick and bind
-		port, err := freePort()
+		port, err := testnet.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -138,13 +139,4 @@ func (s *Server) Stop() {
 // Client returns a client for the server (the caller closes it).
 func (s *Server) Client() *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
