@@ -148,6 +148,30 @@ var etagConfig = testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT}
 }
 `
 
+// incrementAll runs clients concurrent increment loops of each
+// increments, client i through clientFor(i), and fails the test on the
+// first error.
+func incrementAll(t *testing.T, clients, each int, clientFor func(i int) *http.Client, spellings ...string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		c := clientFor(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- increment(c, each, bearer("tester"), spellings...)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // increment does GET → +1 → PUT with If-Match, retrying on 412 (and on a
 // 503 for a busy lock) with a jittered backoff that grows with each loss,
 // n times, within five minutes (fifty clients on one resource on a loaded
@@ -227,23 +251,8 @@ func TestETagWithPlainBackend(t *testing.T) {
 		backend.counter = 0
 		backend.mu.Unlock()
 		const clients, each = 50, 20
-		var wg sync.WaitGroup
-		errs := make(chan error, clients)
 		start := time.Now()
-		for i := 0; i < clients; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- increment(c, each, bearer("tester"), spellings...)
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		incrementAll(t, clients, each, func(int) *http.Client { return c }, spellings...)
 		if n := backend.count(); n != clients*each {
 			t.Errorf("counter = %d after %d acknowledged increments over %d spellings", n, clients*each, len(spellings))
 		}
@@ -285,22 +294,7 @@ func TestETagWithPlainBackend(t *testing.T) {
 
 	t.Run("a backend with ETags that ignores If-Match", func(t *testing.T) {
 		const clients, each = 10, 10
-		var wg sync.WaitGroup
-		errs := make(chan error, clients)
-		for range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- increment(c, each, bearer("tester"), g.URL("/v1/tagged"))
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		incrementAll(t, clients, each, func(int) *http.Client { return c }, g.URL("/v1/tagged"))
 		backend.mu.Lock()
 		defer backend.mu.Unlock()
 		if backend.tagged != clients*each {

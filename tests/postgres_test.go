@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,24 +62,8 @@ func TestPostgresAcrossGateways(t *testing.T) {
 
 	t.Run("no lost update", func(t *testing.T) {
 		const clients, each = 50, 20
-		var wg sync.WaitGroup
-		errs := make(chan error, clients)
 		start := time.Now()
-		for i := range clients {
-			c := behindBalancer(gs[i%len(gs)])
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- increment(c, each, bearer("tester"), gs[0].URL("/v1/counters/c"))
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		incrementAll(t, clients, each, func(i int) *http.Client { return behindBalancer(gs[i%len(gs)]) }, gs[0].URL("/v1/counters/c"))
 		n := Do(t, c0, "GET", gs[0].URL("/v1/counters/c"), "", bearer("tester")...).JSON(t)["n"]
 		if n != float64(clients*each) {
 			t.Errorf("n = %v after %d acknowledged increments through three gateways", n, clients*each)

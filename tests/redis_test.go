@@ -268,24 +268,8 @@ func TestRedisNoLostUpdates(t *testing.T) {
 	backend, port := startPlainBackend(t)
 	gs := startGateways(t, 3, redisEtagConfig(t, "lost-updates", port))
 	const clients, each = 50, 20
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
 	start := time.Now()
-	for i := range clients {
-		c := behindBalancer(gs[i%len(gs)])
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- increment(c, each, bearer("tester"), gs[0].URL("/v1/counter"))
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	incrementAll(t, clients, each, func(i int) *http.Client { return behindBalancer(gs[i%len(gs)]) }, gs[0].URL("/v1/counter"))
 	if n := backend.count(); n != clients*each {
 		t.Errorf("counter = %d after %d acknowledged increments through three gateways", n, clients*each)
 	}
