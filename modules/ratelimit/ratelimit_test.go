@@ -341,6 +341,29 @@ func TestRedisUsesItsOwnClock(t *testing.T) {
 	}
 }
 
+// TestRedisBucketsExpire: a bucket in Redis lives only until it would be
+// full again (a missing bucket is a full one), plus a second: idle keys
+// do not pile up.
+func TestRedisBucketsExpire(t *testing.T) {
+	testStore = StoreRedis
+	h, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("ttl")+" 10/1s\n}", false)
+	testStore = StoreLocal
+	for range 3 { // three tokens taken: full again in 300 ms
+		if _, err := send(h, request("GET", "/", "192.0.2.1", "ttl-user")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := testRedis.Client()
+	defer c.Close()
+	ttl, err := c.PTTL(context.Background(), h.Zones[0].redisPrefix+"ttl-user").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl <= time.Second || ttl > 1300*time.Millisecond {
+		t.Errorf("bucket TTL = %v, want (1s, 1.3s]: the time until it is full again plus a second", ttl)
+	}
+}
+
 // TestZoneNames: a name that is not a valid sf-string is refused at
 // provision; every accepted one yields headers a Structured Fields parser
 // reads back to the same name.
