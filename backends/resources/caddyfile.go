@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/restgate/restgate/internal/dispense"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -34,18 +36,7 @@ import (
 // field is not a string, else as strings.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if opt != "collection" {
-			if seen[opt] {
-				return d.Errf("%s already specified", opt)
-			}
-			seen[opt] = true
-		}
+	err := dispense.Options(d, []string{"collection"}, func(opt string) error {
 		ok := true
 		switch opt {
 		case "database":
@@ -83,8 +74,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if !ok {
 			return d.ArgErr()
 		}
-	}
-	return nil
+		return nil
+	})
+	return err
 }
 
 func parseCollection(d *caddyfile.Dispenser) (*Collection, error) {

@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/restgate/restgate/internal/dispense"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -38,18 +40,7 @@ import (
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if opt != "key" && opt != "scope" && opt != "public" && opt != "jwt" {
-			if seen[opt] {
-				return d.Errf("%s already specified", opt)
-			}
-			seen[opt] = true
-		}
+	err := dispense.Options(d, []string{"key", "scope", "public", "jwt"}, func(opt string) error {
 		var ok bool
 		switch opt {
 		case "keys_file":
@@ -123,8 +114,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if !ok {
 			return d.ArgErr()
 		}
-	}
-	return nil
+		return nil
+	})
+	return err
 }
 
 // unmarshalJWT reads one `jwt <issuer> { ... }` block.

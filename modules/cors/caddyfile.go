@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/restgate/restgate/internal/dispense"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Lists may
@@ -21,16 +23,7 @@ import (
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	err := dispense.Options(d, []string{}, func(opt string) error {
 		ok := true
 		switch opt {
 		case "origins", "methods", "headers", "expose":
@@ -63,8 +56,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if !ok {
 			return d.ArgErr()
 		}
-	}
-	return nil
+		return nil
+	})
+	return err
 }
 
 // splitList splits arguments on commas too: `a,b c` is a, b and c.

@@ -5,6 +5,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/restgate/restgate/internal/dispense"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -22,16 +24,7 @@ import (
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	err := dispense.Options(d, []string{}, func(opt string) error {
 		switch opt {
 		case "max_body":
 			n, err := sizeArg(d)
@@ -68,8 +61,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
-	}
-	return nil
+		return nil
+	})
+	return err
 }
 
 func (h *Handler) unmarshalCache(d *caddyfile.Dispenser) error {

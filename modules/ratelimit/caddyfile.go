@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/restgate/restgate/internal/dispense"
 )
 
 // DirectiveIP is the Caddyfile directive for zones before api_auth.
@@ -37,18 +39,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	perIP := d.Val() == DirectiveIP
 	h.ShareRefunds = h.ShareRefunds || perIP
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if opt != "zone" {
-			if seen[opt] {
-				return d.Errf("%s already specified", opt)
-			}
-			seen[opt] = true
-		}
+	err := dispense.Options(d, []string{"zone"}, func(opt string) error {
 		switch opt {
 		case "zone":
 			z, err := parseZone(d)
@@ -92,6 +83,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if len(h.Zones) == 0 {
 		return d.Err("at least one zone is required")
