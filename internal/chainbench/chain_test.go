@@ -1,0 +1,258 @@
+package chainbench
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/restgate/restgate"
+	"github.com/restgate/restgate/internal/testnet"
+)
+
+// doc is the upstream's 1 KiB JSON document, as in `make bench`.
+var doc = func() []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"name":"GW150914","pipeline":"bilby","status":"ready","meta":{"padding":"`)
+	for b.Len() < 1024-3 {
+		b.WriteByte('x')
+	}
+	b.WriteString(`"}}`)
+	return b.Bytes()
+}()
+
+func init() { caddy.RegisterModule(memoryTransport{}) }
+
+// memoryTransport answers every upstream request with doc, as the bench
+// backend does (/cached adds an hour of freshness), without a connection.
+type memoryTransport struct{}
+
+func (memoryTransport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.bench_memory",
+		New: func() caddy.Module { return memoryTransport{} },
+	}
+}
+
+func (memoryTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	return nil
+}
+
+func (memoryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	h := http.Header{
+		"Content-Type":   {"application/json"},
+		"Content-Length": {"1024"},
+		"Date":           {"Mon, 23 Nov 2026 17:00:00 GMT"},
+	}
+	if r.URL.Path == "/cached" {
+		h["Cache-Control"] = []string{"max-age=3600"}
+	}
+	return &http.Response{
+		Status: "200 OK", StatusCode: http.StatusOK,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: io.NopCloser(bytes.NewReader(doc)), ContentLength: int64(len(doc)),
+		Request: r,
+	}, nil
+}
+
+// The sites, one per host on one server: each adds one handler to the one
+// before it, in the order of restgate's default chain.
+var sites = []struct{ host, handlers string }{
+	{"bare", ""},
+	{"errors", "api_errors\n"},
+	{"ip", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\n"},
+	{"auth", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\n"},
+	{"user", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\n"},
+	{"full", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\napi_etag\n"},
+	{"cache", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\napi_etag {\n cache\n}\n"},
+}
+
+const keyCount = 10_000
+
+var (
+	loadOnce sync.Once
+	server   *caddyhttp.Server
+	port     int // the server's port, which the requests' Host carries as a client's would
+	loadErr  error
+)
+
+// load starts one Caddy config with every site (and a `respond` site, the
+// ceiling of a Caddy handler chain) and returns its HTTP server. The config
+// stays loaded for the package's benchmarks.
+func load(tb testing.TB) *caddyhttp.Server {
+	loadOnce.Do(func() { server, loadErr = start() })
+	if loadErr != nil {
+		tb.Fatal(loadErr)
+	}
+	return server
+}
+
+func start() (*caddyhttp.Server, error) {
+	dir, err := os.MkdirTemp("", "restgate-chainbench-")
+	if err != nil {
+		return nil, err
+	}
+	var keys strings.Builder
+	keys.WriteString("keys:\n")
+	for i := range keyCount {
+		sum := sha256.Sum256([]byte("rg_bench_key_" + strconv.Itoa(i)))
+		fmt.Fprintf(&keys, "  - user: user%d\n    sha256: %s\n    scopes: [read, write]\n", i, hex.EncodeToString(sum[:]))
+	}
+	keysFile := filepath.Join(dir, "keys.yaml")
+	if err := os.WriteFile(keysFile, []byte(keys.String()), 0o600); err != nil {
+		return nil, err
+	}
+	port, err = testnet.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	var cf strings.Builder
+	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
+	for _, s := range sites {
+		fmt.Fprintf(&cf, "http://%s.test:%d {\n%sreverse_proxy 127.0.0.1:1 {\n transport bench_memory\n}\n}\n",
+			s.host, port, strings.ReplaceAll(s.handlers, "{keys}", keysFile))
+	}
+	fmt.Fprintf(&cf, "http://respond.test:%d {\nheader Content-Type application/json\nrespond `%s` 200\n}\n", port, doc)
+
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(caddyfile.Format([]byte(cf.String())), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return nil, fmt.Errorf("adapting: %v", err)
+	}
+	if len(warnings) > 0 {
+		return nil, fmt.Errorf("adapting: %v", warnings)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		return nil, fmt.Errorf("loading: %v", err)
+	}
+	app, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		return nil, err
+	}
+	for _, srv := range app.(*caddyhttp.App).Servers {
+		return srv, nil
+	}
+	return nil, fmt.Errorf("the config has no HTTP server")
+}
+
+// discard is the client's end: headers and a status, the body counted. It
+// takes write deadlines, as a server's connection does.
+type discard struct {
+	header http.Header
+	status int
+	n      int
+}
+
+func (w *discard) Header() http.Header              { return w.header }
+func (w *discard) SetWriteDeadline(time.Time) error { return nil }
+func (w *discard) Flush()                           {}
+func (w *discard) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+}
+func (w *discard) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.n += len(p)
+	return len(p), nil
+}
+
+// serve sends one request for path to host through srv and checks that the
+// whole document came back.
+func serve(tb testing.TB, srv *caddyhttp.Server, host, path string) *discard {
+	r, err := http.NewRequest(http.MethodGet, "http://"+host+".test:"+strconv.Itoa(port)+path, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.RemoteAddr = "127.0.0.1:40000"
+	r.RequestURI = path
+	r.Header["X-Api-Key"] = []string{"rg_bench_key_0"}
+	r.Header["User-Agent"] = []string{"wrk"}
+	w := &discard{header: make(http.Header)}
+	srv.ServeHTTP(w, r)
+	if w.status != http.StatusOK || w.n != len(doc) {
+		tb.Fatalf("%s%s: status %d, %d bytes; want 200 and %d", host, path, w.status, w.n, len(doc))
+	}
+	return w
+}
+
+// TestSites proves each site answers as the benchmarks expect: the whole
+// document, with the headers of the handlers it adds.
+func TestSites(t *testing.T) {
+	srv := load(t)
+	for _, tc := range []struct {
+		host, path string
+		want       []string // headers the site's handlers add
+		absent     []string
+	}{
+		{"bare", "/doc", nil, []string{"Etag", "X-Request-Id", "Ratelimit"}},
+		{"errors", "/doc", []string{"X-Request-Id"}, []string{"Ratelimit"}},
+		{"ip", "/doc", []string{"X-Request-Id", "Ratelimit"}, []string{"Etag"}},
+		{"full", "/doc", []string{"X-Request-Id", "Ratelimit", "Etag"}, []string{"Cache-Status"}},
+		{"cache", "/cached", []string{"X-Request-Id", "Ratelimit", "Etag", "Cache-Status"}, nil},
+		{"respond", "/doc", nil, []string{"X-Request-Id"}},
+	} {
+		w := serve(t, srv, tc.host, tc.path)
+		for _, h := range tc.want {
+			if w.header.Get(h) == "" {
+				t.Errorf("%s: no %s header in %v", tc.host, h, w.header)
+			}
+		}
+		for _, h := range tc.absent {
+			if w.header.Get(h) != "" {
+				t.Errorf("%s: unexpected %s header in %v", tc.host, h, w.header)
+			}
+		}
+	}
+	// the cache site answers a repeat from the cache
+	if got := serve(t, srv, "cache", "/cached").header.Get("Cache-Status"); got != "restgate; hit" {
+		t.Errorf("cache: Cache-Status %q on a repeat, want a hit", got)
+	}
+}
+
+// BenchmarkChain is one request through each site; sub-benchmarks are
+// named by the last handler the site adds (bare: reverse_proxy alone;
+// full: the default chain on a cache miss; cache_hit: the same chain with
+// the cache answering; respond: Caddy's own static response).
+func BenchmarkChain(b *testing.B) {
+	srv := load(b)
+	for _, tc := range []struct{ name, host, path string }{
+		{"bare", "bare", "/doc"},
+		{"errors", "errors", "/doc"},
+		{"ip_limit", "ip", "/doc"},
+		{"auth", "auth", "/doc"},
+		{"user_limit", "user", "/doc"},
+		{"full", "full", "/doc"},
+		{"cache_hit", "cache", "/cached"},
+		{"respond", "respond", "/doc"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			serve(b, srv, tc.host, tc.path) // warm: keys loaded, cache filled
+			b.ReportAllocs()
+			for b.Loop() {
+				serve(b, srv, tc.host, tc.path)
+			}
+		})
+	}
+}
