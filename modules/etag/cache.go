@@ -72,7 +72,7 @@ type principal struct {
 	kind string // classUser, classAnon or classShared
 	// the user and the scopes of the key (a response may depend on
 	// either), for classUser
-	id string
+	user, scopes string
 	// the request carries an Authorization header the gateway did not check
 	foreignAuth bool
 }
@@ -88,7 +88,7 @@ const (
 func principalOf(r *http.Request) principal {
 	p := principal{kind: classAnon, foreignAuth: identity.ForeignAuthorization(r)}
 	if user, scopes := identity.Principal(r); user != "" {
-		p.kind, p.id = classUser, user+"\x00"+scopes
+		p.kind, p.user, p.scopes = classUser, user, scopes
 	}
 	return p
 }
@@ -98,7 +98,10 @@ func (p principal) authenticated() bool { return p.kind == classUser }
 // cacheKey names one stored response: the canonical resource, the query
 // and the principal.
 func cacheKey(r *http.Request, p principal) string {
-	return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.id
+	if p.kind != classUser {
+		return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind
+	}
+	return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.user + "\x00" + p.scopes
 }
 
 // lookup finds an entry for r: one stored for this principal, else a

@@ -120,13 +120,22 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		writeNotModified(w)
 		return nil
 	}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	if cl := hdr["Content-Length"]; len(cl) != 1 || !isLength(cl[0], len(body)) {
+		hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
 	w.WriteHeader(hw.Status())
 	if r.Method != http.MethodHead {
 		_, err := w.Write(body)
 		return err
 	}
 	return nil
+}
+
+// isLength reports whether a Content-Length value is n, without allocating
+// (the upstream's own length is kept when it is the held body's).
+func isLength(v string, n int) bool {
+	l, err := strconv.Atoi(v)
+	return err == nil && l == n
 }
 
 // Why a read went upstream.

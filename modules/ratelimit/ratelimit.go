@@ -181,9 +181,11 @@ func (h *Handler) Cleanup() error {
 	return errors.Join(errs...)
 }
 
-// refunds holds the admitted decisions of earlier handlers in a request.
+// refunds holds the admitted decisions of earlier handlers in a request,
+// in one allocation for the usual handler or two of one zone each.
 type refunds struct {
-	decisions []*Decision
+	decisions []Decision
+	inline    [2]Decision
 }
 
 const refundsVar = "restgate.rate_limit.refunds"
@@ -237,10 +239,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// refund is one whole token, whenever it is made); the decider has
 	// spent nothing in this one
 	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
-		for _, d := range rf.decisions {
-			d.Refund(h.now())
+		for i := range rf.decisions {
+			rf.decisions[i].Refund(h.now())
 		}
-		rf.decisions = nil
+		rf.decisions = rf.decisions[:0]
 	}
 	z, d := applied[refused], decided[refused]
 	h.reportRefusal(r, z, d)
@@ -281,12 +283,10 @@ func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {
 	rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds)
 	if !ok {
 		rf = new(refunds)
+		rf.decisions = rf.inline[:0]
 		caddyhttp.SetVar(r.Context(), refundsVar, rf)
 	}
-	for i := range decided {
-		d := decided[i]
-		rf.decisions = append(rf.decisions, &d)
-	}
+	rf.decisions = append(rf.decisions, decided...)
 }
 
 // reportRefusal logs a refusal (sampled: under a flood the log must not
