@@ -132,14 +132,13 @@ func (rd *redisDecider) clockArg(now time.Time) string {
 // run evaluates the script and parses its reply: the refused index, then
 // each bucket's tokens.
 func (rd *redisDecider) run(ctx context.Context, keys []string, args []any) ([]float64, error) {
-	var reply []any
-	err := rd.app.Do(ctx, func(ctx context.Context, c *redis.Client) error {
-		v, err := bucketScript.Run(ctx, c, keys, args...).Slice()
-		reply = v
-		return err
-	})
+	v, err := rd.app.RunScript(ctx, bucketScript, keys, args...)
 	if err != nil {
 		return nil, err
+	}
+	reply, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("rate-limit script: unexpected %T", v)
 	}
 	if len(reply) != len(keys)+1 {
 		return nil, fmt.Errorf("rate-limit script: %d values for %d buckets", len(reply), len(keys))

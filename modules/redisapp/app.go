@@ -87,9 +87,11 @@ type conn struct {
 	timeout time.Duration
 	circuit *circuit
 	bus     *bus
+	batch   *batcher
 }
 
 func (c *conn) Destruct() error {
+	c.batch.close()
 	c.bus.close()
 	return c.client.Close()
 }
@@ -168,6 +170,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			circuit: newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address),
 		}
 		c.bus = newBus(client, a.KeyPrefix+"events", logger.Named("bus"), c.circuit)
+		c.batch = newBatcher(c)
 		return c, nil
 	})
 	if err != nil {
@@ -212,18 +215,30 @@ func (a *App) Key(name string) string { return a.conn.prefix + name }
 // Do runs fn with the command timeout, unless the circuit is open (then it
 // returns ErrUnavailable at once). A failure of fn opens the circuit.
 func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
-	if !a.conn.circuit.allow() {
+	return a.conn.do(ctx, fn)
+}
+
+func (c *conn) do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
+	if !c.circuit.allow() {
 		return ErrUnavailable
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.conn.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	err := fn(ctx, a.conn.client)
+	err := fn(ctx, c.client)
 	if err != nil && !errors.Is(err, redis.Nil) && ctx.Err() != context.Canceled {
-		a.conn.circuit.failed(err)
+		c.circuit.failed(err)
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	a.conn.circuit.succeeded()
+	c.circuit.succeeded()
 	return err
+}
+
+// RunScript runs a script as Do would (circuit, timeout), in a pipeline
+// shared with the scripts of concurrent calls (see batch.go): one round
+// trip for all that queued meanwhile. Its reply is the script's; a script
+// error is this call's alone.
+func (a *App) RunScript(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
+	return a.conn.batch.run(ctx, s, keys, args)
 }
 
 // RetryIn is how long until the circuit lets a call through again (zero

@@ -1,0 +1,184 @@
+package redisapp
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Scripts of concurrent requests share round trips to Redis ("natural
+// batching"): a call queues; a worker takes it together with every call
+// that queued while the pipelines before it were in flight (up to
+// maxBatch) and sends them as one pipeline. One request at a time still
+// costs one round trip; under load, the write, the read, the pool checkout
+// and its health check are shared by the batch. Each call stays its own
+// EVALSHA: a script error fails that call only, and the batch is one Do
+// (circuit and timeout) for all of them.
+const (
+	maxBatch     = 64   // calls per pipeline
+	batchWorkers = 4    // pipelines in flight at once
+	batchQueue   = 1024 // calls waiting for a worker
+)
+
+type scriptCall struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	reply  any
+	err    error
+	done   chan struct{}
+}
+
+type batcher struct {
+	conn  *conn
+	calls chan *scriptCall
+	quit  chan struct{}
+	wg    sync.WaitGroup
+
+	// for tests: pipelines sent and calls in them
+	batches, batched atomic.Int64
+}
+
+func newBatcher(c *conn) *batcher {
+	b := &batcher{conn: c, calls: make(chan *scriptCall, batchQueue), quit: make(chan struct{})}
+	b.wg.Add(batchWorkers)
+	for range batchWorkers {
+		go b.work()
+	}
+	return b
+}
+
+// close stops the workers; calls still queued fail.
+func (b *batcher) close() {
+	close(b.quit)
+	b.wg.Wait()
+	for {
+		select {
+		case call := <-b.calls:
+			call.err = ErrUnavailable
+			close(call.done)
+		default:
+			return
+		}
+	}
+}
+
+// run queues one script call and waits for its reply (or ctx).
+func (b *batcher) run(ctx context.Context, s *redis.Script, keys []string, args []any) (any, error) {
+	call := &scriptCall{script: s, keys: keys, args: args, done: make(chan struct{})}
+	select {
+	case b.calls <- call:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.quit:
+		return nil, ErrUnavailable
+	}
+	select {
+	case <-call.done:
+		return call.reply, call.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *batcher) work() {
+	defer b.wg.Done()
+	batch := make([]*scriptCall, 0, maxBatch)
+	for {
+		select {
+		case call := <-b.calls:
+			batch = append(batch[:0], call)
+		case <-b.quit:
+			return
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case call := <-b.calls:
+				batch = append(batch, call)
+			default:
+				break fill
+			}
+		}
+		b.exec(batch)
+		clear(batch) // let the calls go
+	}
+}
+
+// exec sends one batch and hands every call its reply or the batch's error.
+func (b *batcher) exec(batch []*scriptCall) {
+	b.batches.Add(1)
+	b.batched.Add(int64(len(batch)))
+	err := b.conn.do(context.Background(), func(ctx context.Context, c *redis.Client) error {
+		return pipelineScripts(ctx, c, batch)
+	})
+	for _, call := range batch {
+		if err != nil {
+			call.reply, call.err = nil, err
+		}
+		close(call.done)
+	}
+}
+
+// pipelineScripts runs each call's script by its hash in one pipeline.
+// Calls that Redis answers NOSCRIPT (it restarted, or its scripts were
+// flushed) are sent again once their scripts are loaded. It returns an
+// error only when the batch as a whole failed (the connection, a timeout).
+func pipelineScripts(ctx context.Context, c *redis.Client, batch []*scriptCall) error {
+	pending := batch
+	for attempt := 0; ; attempt++ {
+		cmds := make([]*redis.Cmd, len(pending))
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, call := range pending {
+				cmds[i] = call.script.EvalSha(ctx, p, call.keys, call.args...)
+			}
+			return nil
+		})
+		if err != nil && !isReply(err) {
+			return err
+		}
+		var again []*scriptCall
+		for i, cmd := range cmds {
+			if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") && attempt == 0 {
+				again = append(again, pending[i])
+				continue
+			}
+			pending[i].reply, pending[i].err = cmd.Val(), cmd.Err()
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		// load each script once; one that Redis refuses to compile fails
+		// its own calls
+		loaded := map[*redis.Script]error{}
+		pending = again[:0:0]
+		for _, call := range again {
+			err, seen := loaded[call.script]
+			if !seen {
+				err = call.script.Load(ctx, c).Err()
+				if err != nil && !isReply(err) {
+					return err
+				}
+				loaded[call.script] = err
+			}
+			if err != nil {
+				call.err = err
+				continue
+			}
+			pending = append(pending, call)
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+	}
+}
+
+// isReply reports whether err is Redis's answer to one command (a script
+// error, NOSCRIPT) rather than a failure of the connection.
+func isReply(err error) bool {
+	var reply redis.Error
+	return errors.As(err, &reply)
+}
