@@ -697,6 +697,7 @@ func runMicro(o options) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("microbenchmarks: %v\n%s\n%s", err, raw, stderr.Bytes())
 	}
+	raw = joinSplitResults(raw)
 	f, err := os.CreateTemp("", "micro-*.txt")
 	if err != nil {
 		return "", err
@@ -723,6 +724,31 @@ func runMicro(o options) (string, error) {
 	}
 	return string(stat), nil
 }
+
+// joinSplitResults mends benchmark result lines that a package's own
+// output on stdout (a debug log line of a module under test) split between
+// the name and the numbers, and drops such lines: benchstat reads only
+// whole result lines.
+func joinSplitResults(raw []byte) []byte {
+	var out bytes.Buffer
+	pending := ""
+	for _, line := range strings.Split(string(raw), "\n") {
+		switch {
+		case strings.HasPrefix(line, "Benchmark") && !strings.Contains(line, "ns/op"):
+			pending = strings.Fields(line)[0] // the name; a log line may follow it
+		case pending != "" && reResultTail.MatchString(line):
+			out.WriteString(pending + "\t" + strings.TrimLeft(line, " \t") + "\n")
+			pending = ""
+		case strings.HasPrefix(line, "Benchmark"), strings.HasPrefix(line, "goos:"), strings.HasPrefix(line, "goarch:"),
+			strings.HasPrefix(line, "pkg:"), strings.HasPrefix(line, "cpu:"), strings.HasPrefix(line, "PASS"), strings.HasPrefix(line, "ok "):
+			out.WriteString(line + "\n")
+		}
+	}
+	return out.Bytes()
+}
+
+// reResultTail is the numbers of a result line: iterations, then ns/op.
+var reResultTail = regexp.MustCompile(`^\s*\d+\s+[0-9.]+ ns/op`)
 
 // microBaseline holds the raw microbenchmark output of the last full
 // `make bench`, committed with BENCHMARKS.md: the next run compares with it.
