@@ -121,10 +121,52 @@ type Handler struct {
 }
 
 // fileState is what a key file held when it was last read: the hash of
-// exactly the bytes that were parsed, or that it was missing.
+// exactly the bytes that were parsed, or that it was missing; and the
+// file's metadata then, which lets the watcher skip reading a file that
+// has not changed since (see unchanged).
 type fileState struct {
 	sum     [sha256.Size]byte
 	missing bool
+
+	info      os.FileInfo // nil if it could not be read
+	readAt    time.Time   // when info was taken, just before the read
+	checkedAt time.Time   // the last time the bytes were read and hashed
+}
+
+// The watcher reads and hashes a key file only when its metadata changed,
+// and at the latest every fullCheckEvery. A file modified less than
+// racyWindow before it was read is read at every poll until it is older:
+// a second write within the file system's timestamp granularity would not
+// move its modification time.
+const (
+	racyWindow     = 2 * time.Second
+	fullCheckEvery = time.Minute
+)
+
+// readKeyFile reads a key file (tests count the reads).
+var readKeyFile = os.ReadFile
+
+func (s fileState) sameContent(o fileState) bool { return s.sum == o.sum && s.missing == o.missing }
+
+// unchanged reports whether info shows the file as it was when last read:
+// the same file (inode), size and modification time, a modification time
+// that was already racyWindow old when it was read, and a full read less
+// than fullCheckEvery ago (tools can set a modification time back).
+func (s fileState) unchanged(info os.FileInfo, now time.Time) bool {
+	return s.info != nil && info != nil && os.SameFile(s.info, info) &&
+		s.info.Size() == info.Size() && s.info.ModTime().Equal(info.ModTime()) &&
+		s.readAt.Sub(info.ModTime()) >= racyWindow && now.Sub(s.checkedAt) < fullCheckEvery
+}
+
+// statKeyFile is a fileState's metadata for f, taken before reading it (a
+// change after it shows at the next poll).
+func statKeyFile(f string) fileState {
+	info, err := os.Stat(f)
+	if err != nil {
+		info = nil
+	}
+	now := time.Now()
+	return fileState{info: info, readAt: now, checkedAt: now}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -235,10 +277,12 @@ func (h *Handler) load(prev map[string]fileState) (*keySet, map[string]fileState
 	states := make(map[string]fileState, len(h.files))
 	entries := slices.Clone(h.Keys)
 	for _, f := range h.files {
-		b, err := os.ReadFile(f)
+		st := statKeyFile(f)
+		b, err := readKeyFile(f)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			states[f] = fileState{missing: true}
+			st.missing = true
+			states[f] = st
 			if p, seen := prev[f]; seen && !p.missing {
 				return nil, states, fmt.Errorf("key file %s disappeared", f)
 			}
@@ -246,7 +290,8 @@ func (h *Handler) load(prev map[string]fileState) (*keySet, map[string]fileState
 		case err != nil:
 			return nil, states, fmt.Errorf("key file: %v", err)
 		}
-		states[f] = fileState{sum: sha256.Sum256(b)}
+		st.sum = sha256.Sum256(b)
+		states[f] = st
 		fe, plain, err := parseKeyFile(f, b)
 		if err != nil {
 			return nil, states, err
@@ -308,17 +353,24 @@ func (h *Handler) reloadIfChanged() (tried bool, err error) {
 }
 
 // changed reports whether any key file differs from what was last read.
+// A file whose metadata shows no change is not read (see unchanged); one
+// read again with the same bytes keeps its newer metadata.
 func (h *Handler) changed() bool {
 	for _, f := range h.files {
-		var now fileState
-		if b, err := os.ReadFile(f); err != nil {
-			now.missing = errors.Is(err, fs.ErrNotExist)
-		} else {
-			now.sum = sha256.Sum256(b)
+		prev := h.fileStates[f]
+		cur := statKeyFile(f)
+		if prev.unchanged(cur.info, cur.readAt) {
+			continue
 		}
-		if now != h.fileStates[f] {
+		if b, err := readKeyFile(f); err != nil {
+			cur.missing = errors.Is(err, fs.ErrNotExist)
+		} else {
+			cur.sum = sha256.Sum256(b)
+		}
+		if !cur.sameContent(prev) {
 			return true
 		}
+		h.fileStates[f] = cur
 	}
 	return false
 }

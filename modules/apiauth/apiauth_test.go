@@ -551,3 +551,74 @@ func BenchmarkRefusal(b *testing.B) {
 		_ = h.ServeHTTP(w, r, next)
 	}
 }
+
+// TestKeyFileWatchReadsOnlyChanges: the watcher does not read a key file
+// whose metadata shows no change (a 10,000-key file is about 1 MB, read
+// and hashed every second otherwise), yet sees every edit: at once when
+// the modification time moves, and within fullCheckEvery when a tool put
+// an old modification time back on new bytes of the same size.
+func TestKeyFileWatchReadsOnlyChanges(t *testing.T) {
+	t.Setenv(EnvAPIKey, "")
+	t.Setenv(EnvAPIKeyFile, "")
+	file := filepath.Join(t.TempDir(), "keys.yaml")
+	keyFile := func(user string) string { // the same length for both users
+		return fmt.Sprintf("keys:\n  - user: %s\n    sha256: %s\n    scopes: [read]\n", user, hashOf(user+"-key"))
+	}
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	write := func(s string, mtime time.Time) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if !mtime.IsZero() {
+			if err := os.Chtimes(file, mtime, mtime); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	reads := 0
+	readKeyFile = func(name string) ([]byte, error) { reads++; return os.ReadFile(name) }
+	t.Cleanup(func() { readKeyFile = os.ReadFile })
+
+	write(keyFile("alice"), old)
+	h := newWatchless(t, &Handler{KeysFile: file})
+	works := func(user string) bool { return h.lookup(user+"-key") != nil }
+	reads = 0
+	for range 5 {
+		if tried, _ := h.reloadIfChanged(); tried {
+			t.Fatal("an unchanged file was reloaded")
+		}
+	}
+	if reads != 0 {
+		t.Errorf("an unchanged, settled key file was read %d times in 5 polls, want 0", reads)
+	}
+
+	// an ordinary edit moves the modification time: seen at the next poll
+	write(keyFile("bobby"), time.Time{})
+	if tried, err := h.reloadIfChanged(); !tried || err != nil || !works("bobby") || works("alice") {
+		t.Fatalf("after an edit: tried %v, err %v, bobby %v, alice %v", tried, err, works("bobby"), works("alice"))
+	}
+	// a fresh file is read at every poll until it is racyWindow old
+	reads = 0
+	h.reloadIfChanged()
+	if reads != 1 {
+		t.Errorf("a file modified just now was read %d times at the next poll, want 1", reads)
+	}
+
+	// new bytes of the same size under the old modification time (as
+	// `touch -d` or `rsync -t --inplace` can leave them): the metadata
+	// cannot tell, the next full read does
+	write(keyFile("bobby"), old)
+	h.reloadIfChanged() // reads it once more (its metadata moved), same bytes
+	write(keyFile("alice"), old)
+	reads = 0
+	if tried, _ := h.reloadIfChanged(); tried || reads != 0 {
+		t.Fatalf("same size and time: tried %v after %d reads; the test expects the metadata to hide the change", tried, reads)
+	}
+	st := h.fileStates[file]
+	st.checkedAt = st.checkedAt.Add(-fullCheckEvery)
+	h.fileStates[file] = st
+	if tried, err := h.reloadIfChanged(); !tried || err != nil || !works("alice") {
+		t.Errorf("at the full check: tried %v, err %v, alice works %v", tried, err, works("alice"))
+	}
+}
