@@ -310,23 +310,39 @@ func (h *Handler) reportRefusal(r *http.Request, z *Zone, d Decision) {
 	}
 }
 
-// setHeaders writes RateLimit-Policy and RateLimit for the zones that applied.
+// setHeaders writes RateLimit-Policy and RateLimit for the zones that
+// applied. Each is one field line, to which a later handler's zones are
+// appended as list members: the same list as separate lines would be
+// (RFC 9110 §5.3), in fewer header lines to write and parse.
 func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision) {
 	var arr [256]byte // on the stack for the usual one or two zones
 	buf := arr[:0]
+	if old := hdr["Ratelimit"]; len(old) > 0 {
+		buf = append(append(buf, strings.Join(old, ", ")...), ", "...)
+	}
 	for i, z := range zones {
 		if i > 0 {
 			buf = append(buf, ", "...)
 		}
 		buf = appendItem(buf, z.quotedName, decided[i])
 	}
-	addValue(hdr, "Ratelimit", string(buf))
-	for i, z := range zones {
-		if i == 0 && len(hdr["Ratelimit-Policy"]) == 0 {
-			hdr["Ratelimit-Policy"] = z.policyHeader // shared, clipped: never appended to in place
-			continue
+	hdr["Ratelimit"] = []string{string(buf)}
+
+	old := hdr["Ratelimit-Policy"]
+	if len(old) == 0 && len(zones) == 1 {
+		hdr["Ratelimit-Policy"] = zones[0].policyHeader // shared, clipped: never changed in place
+	} else {
+		buf = arr[:0]
+		if len(old) > 0 {
+			buf = append(append(buf, strings.Join(old, ", ")...), ", "...)
 		}
-		addValue(hdr, "Ratelimit-Policy", z.policy)
+		for i, z := range zones {
+			if i > 0 {
+				buf = append(buf, ", "...)
+			}
+			buf = append(buf, z.policy...)
+		}
+		hdr["Ratelimit-Policy"] = []string{string(buf)}
 	}
 	if h.LegacyHeaders {
 		// the most constrained zone speaks for the request
@@ -352,15 +368,6 @@ func appendItem(b []byte, quotedName string, d Decision) []byte {
 	b = strconv.AppendInt(b, int64(math.Floor(d.Remaining)), 10)
 	b = append(b, ";t="...)
 	return strconv.AppendInt(b, ceilSeconds(d.NextIn), 10)
-}
-
-// addValue adds a header value without growing a slice another handler may share.
-func addValue(h http.Header, key, v string) {
-	if old := h[key]; len(old) > 0 {
-		h[key] = append(old[:len(old):len(old)], v)
-		return
-	}
-	h[key] = []string{v}
 }
 
 func ceilSeconds(d time.Duration) int64 {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -595,4 +596,46 @@ func BenchmarkHeaders(b *testing.B) {
 		clear(hdr)
 		h.setHeaders(hdr, zones, decided)
 	}
+}
+
+// TestHeadersOneLinePerField: the zones of every limiter a request passed
+// are members of one RateLimit and one RateLimit-Policy field line, in the
+// order the handlers ran (RFC 9110 §5.3 makes it the same list as separate
+// lines; one line is less to write and to parse).
+func TestHeadersOneLinePerField(t *testing.T) {
+	forEachStore(t, func(t *testing.T) {
+		ipName, userName, postName := uniq("ip"), uniq("user"), uniq("post")
+		ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+ipName+" 100/1m\n}", true)
+		userH, _ := newLimiter(t, "api_rate_limit {\n zone "+userName+" 2/1m\n zone "+postName+" 5/1m {\n  methods POST\n }\n}", false)
+		userH.now = clock.Now
+		for _, tc := range []struct {
+			method string
+			zones  []string
+		}{{"GET", []string{ipName, userName}}, {"POST", []string{ipName, userName, postName}}} {
+			w := httptest.NewRecorder()
+			err := ipH.ServeHTTP(w, request(tc.method, "/", "192.0.2.1", "alice"), caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				return userH.ServeHTTP(w, r, okNext)
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, field := range []string{"RateLimit", "RateLimit-Policy"} {
+				lines := w.Header().Values(field)
+				if len(lines) != 1 {
+					t.Fatalf("%s %s: %d field lines %q, want 1", tc.method, field, len(lines), lines)
+				}
+				list, err := httpsfv.UnmarshalList(lines)
+				if err != nil {
+					t.Fatalf("%s %s %q: %v", tc.method, field, lines[0], err)
+				}
+				var names []string
+				for _, m := range list {
+					names = append(names, m.(httpsfv.Item).Value.(string))
+				}
+				if !slices.Equal(names, tc.zones) {
+					t.Errorf("%s %s = %q: zones %q, want %q", tc.method, field, lines[0], names, tc.zones)
+				}
+			}
+		}
+	})
 }
