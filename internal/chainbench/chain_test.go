@@ -165,14 +165,17 @@ type discard struct {
 func (w *discard) Header() http.Header              { return w.header }
 func (w *discard) SetWriteDeadline(time.Time) error { return nil }
 func (w *discard) Flush()                           {}
+// WriteHeader serializes the header fields as net/http would (every
+// field line a handler adds costs its share).
 func (w *discard) WriteHeader(status int) {
 	if w.status == 0 {
 		w.status = status
+		w.header.Write(io.Discard)
 	}
 }
 func (w *discard) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	w.n += len(p)
 	return len(p), nil
