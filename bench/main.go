@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/restgate/restgate/internal/chainbench"
 	"github.com/restgate/restgate/internal/testpg"
 	"github.com/restgate/restgate/internal/testredis"
 )
@@ -70,7 +71,16 @@ func main() {
 	flag.BoolVar(&o.micro, "micro", true, "run the Go microbenchmarks")
 	flag.IntVar(&o.count, "count", 5, "go test -count for the microbenchmarks")
 	flag.BoolVar(&o.smoke, "smoke", false, "one short round of everything: proves the bench still works")
+	chainFrom := flag.String("chain-table", "", "print the per-handler table of BenchmarkChain from this raw microbenchmark output (bench/micro-baseline.txt) and exit")
 	flag.Parse()
+	if *chainFrom != "" {
+		raw, err := os.ReadFile(*chainFrom)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Print(chainTable(raw))
+		return
+	}
 	if *backendAddr != "" {
 		serveBackend(*backendAddr)
 		return
@@ -95,15 +105,7 @@ func main() {
 }
 
 // doc is the backend's fixed 1 KiB JSON document.
-var doc = func() []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"name":"GW150914","pipeline":"bilby","status":"ready","meta":{"padding":"`)
-	for b.Len() < 1024-3 {
-		b.WriteByte('x')
-	}
-	b.WriteString(`"}}`)
-	return b.Bytes()
-}()
+var doc = chainbench.Doc
 
 // serveBackend is the small JSON service every configuration proxies to:
 // /doc has no caching headers; /cached may be cached for an hour.

@@ -98,37 +98,42 @@ func TestRunScriptBatches(t *testing.T) {
 	t.Logf("%d calls in %d pipelines", calls, batches)
 }
 
-// TestRunScriptErrorIsTheCallers: a script error fails its own call, not
-// the others of its pipeline, and does not open the circuit.
+// TestRunScriptErrorIsTheCallers: a script that fails (an error reply) or
+// that Redis cannot compile fails its own calls, not the others of its
+// pipeline, and does not open the circuit.
 func TestRunScriptErrorIsTheCallers(t *testing.T) {
-	a := connect(t, testRedis.Addr)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	wg.Go(func() { a.RunScript(ctx, busyScript, []string{a.Key("busy")}, 50) })
-	errs := make([]error, 20)
-	for i := range errs {
-		wg.Go(func() {
-			s := incrScript
-			if i%2 == 0 {
-				s = failScript
-			}
-			_, errs[i] = a.RunScript(ctx, s, []string{a.Key("mixed")})
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		switch {
-		case i%2 == 0 && (err == nil || errors.Is(err, ErrUnavailable)):
-			t.Errorf("call %d: error %v, want the script's own", i, err)
-		case i%2 == 1 && err != nil:
-			t.Errorf("call %d: %v, want its increment", i, err)
+	for n, bad := range []*redis.Script{failScript, redis.NewScript(`return (`)} {
+		counter := "mixed" + strconv.Itoa(n)
+		a := connect(t, testRedis.Addr)
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		// Redis busy meanwhile: the calls below queue and share pipelines
+		wg.Go(func() { a.RunScript(ctx, busyScript, []string{a.Key("busy")}, 50) })
+		errs := make([]error, 20)
+		for i := range errs {
+			wg.Go(func() {
+				s := incrScript
+				if i%2 == 0 {
+					s = bad
+				}
+				_, errs[i] = a.RunScript(ctx, s, []string{a.Key(counter)})
+			})
 		}
-	}
-	if n, err := a.Client().Get(ctx, a.Key("mixed")).Int(); err != nil || n != 10 {
-		t.Errorf("counter = %d (%v), want 10", n, err)
-	}
-	if a.RetryIn() != 0 {
-		t.Error("a script error opened the circuit")
+		wg.Wait()
+		for i, err := range errs {
+			switch {
+			case i%2 == 0 && (err == nil || errors.Is(err, ErrUnavailable)):
+				t.Errorf("%q call %d: error %v, want the script's own", bad.Hash(), i, err)
+			case i%2 == 1 && err != nil:
+				t.Errorf("%q call %d: %v, want its increment", bad.Hash(), i, err)
+			}
+		}
+		if v, err := a.Client().Get(ctx, a.Key(counter)).Int(); err != nil || v != 10 {
+			t.Errorf("counter = %d (%v), want 10", v, err)
+		}
+		if a.RetryIn() != 0 {
+			t.Error("a failing script opened the circuit")
+		}
 	}
 }
 
@@ -172,34 +177,5 @@ func TestRunScriptOutage(t *testing.T) {
 	// command timeout of the one before it would take far longer
 	if d := time.Since(start); d > 4*time.Second {
 		t.Errorf("50 calls took %v to fail", d)
-	}
-}
-
-// TestRunScriptCompileError: a script Redis cannot compile fails its own
-// calls, not the batch, and does not open the circuit.
-func TestRunScriptCompileError(t *testing.T) {
-	a := connect(t, testRedis.Addr)
-	ctx := context.Background()
-	bad := redis.NewScript(`return (`)
-	var wg sync.WaitGroup
-	wg.Go(func() { a.RunScript(ctx, busyScript, []string{a.Key("busy")}, 50) })
-	errs := make([]error, 10)
-	for i := range errs {
-		wg.Go(func() {
-			s := incrScript
-			if i%2 == 0 {
-				s = bad
-			}
-			_, errs[i] = a.RunScript(ctx, s, []string{a.Key("n")})
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if (i%2 == 0) != (err != nil) || errors.Is(err, ErrUnavailable) {
-			t.Errorf("call %d (bad script: %v): %v", i, i%2 == 0, err)
-		}
-	}
-	if a.RetryIn() != 0 {
-		t.Error("a script that does not compile opened the circuit")
 	}
 }
