@@ -161,6 +161,7 @@ type discard struct {
 func (w *discard) Header() http.Header              { return w.header }
 func (w *discard) SetWriteDeadline(time.Time) error { return nil }
 func (w *discard) Flush()                           {}
+
 // WriteHeader serializes the header fields as net/http would (every
 // field line a handler adds costs its share).
 func (w *discard) WriteHeader(status int) {
