@@ -33,7 +33,7 @@ test: build ## every unit (with -race), golden-adapt and integration test; a ski
 	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true
 	@scripts/test-summary.sh $(TEST_LOG)
 
-bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~15 min)
+bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~25 min)
 	$(GO) run ./bench -bin $(BIN) -out BENCHMARKS.md
 
 lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod), a tidy go.mod
