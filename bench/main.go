@@ -1033,6 +1033,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	}
 	if chain != "" {
 		b.WriteString("\n## The chain in process, handler by handler\n\n" + chain)
+		b.WriteString("\nWhat these numbers add up to, and what of the distance to the targets cannot be removed from restgate's side: [README, Benchmarks](README.md#benchmarks).\n")
 	}
 	if micro != "" {
 		fmt.Fprintf(&b, "\n## Go microbenchmarks\n\n`go test -run '^$' -bench . -benchmem -count %d ./modules/... ./backends/... ./internal/...`, summarised by `benchstat` (pinned in tools/go.mod) against the previous full run's raw numbers, committed as `bench/micro-baseline.txt` (this run's become the next baseline):\n\n```\n%s```\n", o.count, micro)
