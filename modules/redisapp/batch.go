@@ -29,7 +29,10 @@ type scriptCall struct {
 	args   []any
 	reply  any
 	err    error
-	done   chan struct{}
+	// answered: Redis ran the call (or refused its script); a later
+	// failure of the batch does not change what it said
+	answered bool
+	done     chan struct{}
 }
 
 type batcher struct {
@@ -116,7 +119,7 @@ func (b *batcher) exec(batch []*scriptCall) {
 		return pipelineScripts(ctx, c, batch)
 	})
 	for _, call := range batch {
-		if err != nil {
+		if err != nil && !call.answered {
 			call.reply, call.err = nil, err
 		}
 		close(call.done)
@@ -146,7 +149,7 @@ func pipelineScripts(ctx context.Context, c *redis.Client, batch []*scriptCall) 
 				again = append(again, pending[i])
 				continue
 			}
-			pending[i].reply, pending[i].err = cmd.Val(), cmd.Err()
+			pending[i].reply, pending[i].err, pending[i].answered = cmd.Val(), cmd.Err(), true
 		}
 		if len(again) == 0 {
 			return nil
@@ -165,7 +168,7 @@ func pipelineScripts(ctx context.Context, c *redis.Client, batch []*scriptCall) 
 				loaded[call.script] = err
 			}
 			if err != nil {
-				call.err = err
+				call.err, call.answered = err, true
 				continue
 			}
 			pending = append(pending, call)
