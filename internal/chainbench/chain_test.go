@@ -71,26 +71,50 @@ func (memoryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}, nil
 }
 
-// The sites, one per host on one server: each adds one handler to the one
-// before it, in the order of restgate's default chain.
-var sites = []struct{ host, handlers string }{
-	{"bare", ""},
+// The default chain's handlers, in order, as each site adds them.
+var chain = []struct{ host, handler string }{
 	{"errors", "api_errors\n"},
-	{"ip", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\n"},
-	{"auth", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\n"},
-	{"user", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\n"},
-	{"full", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\napi_etag\n"},
-	{"cache", "api_errors\napi_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\napi_auth {\n keys_file {keys}\n no_env\n}\napi_rate_limit {\n zone per-user 1000000000/1s\n}\napi_etag {\n cache\n}\n"},
+	{"ip", "api_rate_limit_ip {\n zone per-ip 1000000000/1s\n}\n"},
+	{"auth", "api_auth {\n keys_file {keys}\n no_env\n}\n"},
+	{"user", "api_rate_limit {\n zone per-user 1000000000/1s\n}\n"},
+	{"full", "api_etag\n"},
 }
+
+// The sites, one per host on one server: bare, then each adding the next
+// handler of the chain; cache is the full chain with api_etag's cache.
+var sites = func() []struct{ host, handlers string } {
+	out := []struct{ host, handlers string }{{"bare", ""}}
+	handlers := ""
+	for _, c := range chain {
+		handlers += c.handler
+		out = append(out, struct{ host, handlers string }{c.host, handlers})
+	}
+	cache := strings.TrimSuffix(handlers, chain[len(chain)-1].handler) + "api_etag {\n cache\n}\n"
+	return append(out, struct{ host, handlers string }{"cache", cache})
+}()
 
 const keyCount = 10_000
 
 var (
 	loadOnce sync.Once
 	server   *caddyhttp.Server
-	port     int // the server's port, which the requests' Host carries as a client's would
+	port     int    // the server's port, which the requests' Host carries as a client's would
+	dir      string // the config's temporary directory (keys, storage)
 	loadErr  error
 )
+
+// TestMain stops the config a test or benchmark loaded and removes its
+// directory.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if server != nil {
+		caddy.Stop()
+	}
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
 
 // load starts one Caddy config with every site (and a `respond` site, the
 // ceiling of a Caddy handler chain) and returns its HTTP server. The config
@@ -104,8 +128,8 @@ func load(tb testing.TB) *caddyhttp.Server {
 }
 
 func start() (*caddyhttp.Server, error) {
-	dir, err := os.MkdirTemp("", "restgate-chainbench-")
-	if err != nil {
+	var err error
+	if dir, err = os.MkdirTemp("", "restgate-chainbench-"); err != nil {
 		return nil, err
 	}
 	var keys strings.Builder
@@ -123,7 +147,7 @@ func start() (*caddyhttp.Server, error) {
 		return nil, err
 	}
 	var cf strings.Builder
-	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
+	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
 	for _, s := range sites {
 		fmt.Fprintf(&cf, "http://%s.test:%d {\n%sreverse_proxy 127.0.0.1:1 {\n transport bench_memory\n}\n}\n",
 			s.host, port, strings.ReplaceAll(s.handlers, "{keys}", keysFile))

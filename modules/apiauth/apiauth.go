@@ -128,9 +128,8 @@ type fileState struct {
 	sum     [sha256.Size]byte
 	missing bool
 
-	info      os.FileInfo // nil if it could not be read
-	readAt    time.Time   // when info was taken, just before the read
-	checkedAt time.Time   // the last time the bytes were read and hashed
+	info   os.FileInfo // nil if the file could not be stat'ed
+	readAt time.Time   // when info was taken, just before the bytes were read
 }
 
 // The watcher reads and hashes a key file only when its metadata changed,
@@ -155,18 +154,14 @@ func (s fileState) sameContent(o fileState) bool { return s.sum == o.sum && s.mi
 func (s fileState) unchanged(info os.FileInfo, now time.Time) bool {
 	return s.info != nil && info != nil && os.SameFile(s.info, info) &&
 		s.info.Size() == info.Size() && s.info.ModTime().Equal(info.ModTime()) &&
-		s.readAt.Sub(info.ModTime()) >= racyWindow && now.Sub(s.checkedAt) < fullCheckEvery
+		s.readAt.Sub(info.ModTime()) >= racyWindow && now.Sub(s.readAt) < fullCheckEvery
 }
 
 // statKeyFile is a fileState's metadata for f, taken before reading it (a
 // change after it shows at the next poll).
 func statKeyFile(f string) fileState {
-	info, err := os.Stat(f)
-	if err != nil {
-		info = nil
-	}
-	now := time.Now()
-	return fileState{info: info, readAt: now, checkedAt: now}
+	info, _ := os.Stat(f) // nil on an error
+	return fileState{info: info, readAt: time.Now()}
 }
 
 // CaddyModule returns the Caddy module information.

@@ -616,7 +616,7 @@ func TestKeyFileWatchReadsOnlyChanges(t *testing.T) {
 		t.Fatalf("same size and time: tried %v after %d reads; the test expects the metadata to hide the change", tried, reads)
 	}
 	st := h.fileStates[file]
-	st.checkedAt = st.checkedAt.Add(-fullCheckEvery)
+	st.readAt = st.readAt.Add(-fullCheckEvery)
 	h.fileStates[file] = st
 	if tried, err := h.reloadIfChanged(); !tried || err != nil || !works("alice") {
 		t.Errorf("at the full check: tried %v, err %v, alice works %v", tried, err, works("alice"))

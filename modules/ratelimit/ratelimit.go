@@ -316,10 +316,7 @@ func (h *Handler) reportRefusal(r *http.Request, z *Zone, d Decision) {
 // (RFC 9110 §5.3), in fewer header lines to write and parse.
 func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision) {
 	var arr [256]byte // on the stack for the usual one or two zones
-	buf := arr[:0]
-	if old := hdr["Ratelimit"]; len(old) > 0 {
-		buf = append(append(buf, strings.Join(old, ", ")...), ", "...)
-	}
+	buf := listStart(arr[:0], hdr["Ratelimit"])
 	for i, z := range zones {
 		if i > 0 {
 			buf = append(buf, ", "...)
@@ -328,14 +325,10 @@ func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision)
 	}
 	hdr["Ratelimit"] = []string{string(buf)}
 
-	old := hdr["Ratelimit-Policy"]
-	if len(old) == 0 && len(zones) == 1 {
+	if old := hdr["Ratelimit-Policy"]; len(old) == 0 && len(zones) == 1 {
 		hdr["Ratelimit-Policy"] = zones[0].policyHeader // shared, clipped: never changed in place
 	} else {
-		buf = arr[:0]
-		if len(old) > 0 {
-			buf = append(append(buf, strings.Join(old, ", ")...), ", "...)
-		}
+		buf = listStart(arr[:0], old)
 		for i, z := range zones {
 			if i > 0 {
 				buf = append(buf, ", "...)
@@ -368,6 +361,15 @@ func appendItem(b []byte, quotedName string, d Decision) []byte {
 	b = strconv.AppendInt(b, int64(math.Floor(d.Remaining)), 10)
 	b = append(b, ";t="...)
 	return strconv.AppendInt(b, ceilSeconds(d.NextIn), 10)
+}
+
+// listStart begins a list field's value with the members an earlier
+// handler wrote, if any, ready for more.
+func listStart(b []byte, old []string) []byte {
+	if len(old) == 0 {
+		return b
+	}
+	return append(append(b, strings.Join(old, ", ")...), ", "...)
 }
 
 func ceilSeconds(d time.Duration) int64 {
