@@ -1,23 +1,37 @@
-// Package canon defines the one canonical form of a request's target that
-// every restgate module uses: for what it forwards, for the per-resource
-// If-Match lock, for cache keys and for invalidation. Several spellings of
-// one resource (`/v1/x`, `//v1/x`, `/v1/./x`, `API.localhost:443`) are one
-// resource to a backend, so they must be one resource to the gateway too.
+// Package canon defines the forms of a request's target that every
+// restgate module uses, in one place. There are three, each for one job:
 //
-// The choices, documented in the README's security section:
-//   - the path is cleaned as path.Clean does (`//` → `/`, `.` and `..`
-//     segments resolved), keeping a trailing slash;
-//   - the host is lower-cased, without a trailing dot and without the
-//     scheme's default port;
-//   - an encoded slash (`%2F`) in the path is refused: backends disagree on
-//     whether `a%2Fb` is one segment or two, so the gateway cannot know
-//     which resource it names (Apache refuses it by default too).
+//   - The canonical target (Normalize): what the gateway forwards. The
+//     escaped path is normalised as RFC 3986 §6.2.2 says (only unreserved
+//     `%XX` decoded, hex digits upper-cased, `.`/`..` and empty segments
+//     resolved, a trailing slash kept) and the host lower-cased without the
+//     scheme's default port. It never changes what the target means to a
+//     backend: `a;b` and `a%3Bb` stay different.
+//   - The cache key (CacheTarget): exact, from the canonical target. A cache
+//     lookup must never answer one resource with another's response, so two
+//     targets a backend could tell apart never share an entry.
+//   - The resource key (ResourceKey): coarse, for everything where merging
+//     two resources is safe and splitting one is not — the If-Match locks
+//     (local and shared), the invalidation index and the invalidations sent
+//     to other gateways, the Location comparison, and the Idempotency-Key
+//     scope. No host, no port, no trailing slash, case folded, `;params`
+//     stripped, every `%XX` decoded. Backends that ignore Host, strip or
+//     redirect a trailing slash, or match paths without case (Express, DRF,
+//     Flask, most routers) treat all of those as one resource; a lock or an
+//     invalidation that merges two resources only serialises or drops more,
+//     while one that splits a resource loses updates.
+//
+// Refused outright (a 400 problem from api_errors): an encoded slash (`%2F`),
+// on which backends disagree whether it separates segments, and control
+// characters (`%00`–`%1F`, `%7F`), which no resource name needs and which
+// would let a key split a log line or a message between gateways.
 package canon
 
 import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"path"
 	"strings"
 )
@@ -25,19 +39,43 @@ import (
 // ErrEncodedSlash is returned by Normalize for a path with `%2F`.
 var ErrEncodedSlash = errors.New("the path contains an encoded slash (%2F), which restgate refuses: backends disagree on whether it separates path segments")
 
+// ErrControlCharacter is returned by Normalize for a path with a control
+// character (`%00`–`%1F`, `%7F`).
+var ErrControlCharacter = errors.New("the path contains a control character (%00-%1F or %7F), which no resource name may contain")
+
 // Normalize rewrites r's target (URL path and Host) to the canonical form,
 // in place; it is idempotent and costs no allocation when the target is
 // already canonical. A target that has no canonical form is an error, and
 // r is left as it was.
 func Normalize(r *http.Request) error {
-	if r.URL.RawPath != "" && hasEncodedSlash(r.URL.RawPath) {
+	if hasControl(r.URL.Path) {
+		return ErrControlCharacter
+	}
+	esc := r.URL.EscapedPath()
+	if hasEncodedSlash(esc) {
 		return ErrEncodedSlash
 	}
-	if p := Path(r.URL.Path); p != r.URL.Path {
-		r.URL.Path, r.URL.RawPath = p, ""
+	if c := EscapedPath(esc); c != esc {
+		p, err := url.PathUnescape(c)
+		if err != nil { // cannot happen: c is esc with valid escapes only
+			return err
+		}
+		r.URL.Path, r.URL.RawPath = p, c
+		if r.URL.EscapedPath() != c {
+			r.URL.RawPath = ""
+		}
 	}
 	r.Host = Host(r)
 	return nil
+}
+
+func hasControl(p string) bool {
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 func hasEncodedSlash(raw string) bool {
@@ -49,8 +87,72 @@ func hasEncodedSlash(raw string) bool {
 	return false
 }
 
-// Path is the canonical form of a decoded path: cleaned, with a trailing
-// slash kept. A path that does not start with a slash (`*`) is kept as is.
+// EscapedPath is the canonical form of an escaped path (RFC 3986 §6.2.2):
+// `%XX` of an unreserved character decoded, every other `%XX` with upper-
+// case hex digits, then cleaned as Path does.
+func EscapedPath(esc string) string {
+	return Path(normalizeEscapes(esc))
+}
+
+// normalizeEscapes decodes the `%XX` of unreserved characters (RFC 3986
+// §2.3) and upper-cases the hex digits of the others (§6.2.2.1). An invalid
+// escape is kept as it is.
+func normalizeEscapes(s string) string {
+	i := strings.IndexByte(s, '%')
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	b.WriteString(s[:i])
+	for ; i < len(s); i++ {
+		c := s[i]
+		if c != '%' || i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			b.WriteByte(c)
+			continue
+		}
+		v := unhex(s[i+1])<<4 | unhex(s[i+2])
+		if unreserved(v) {
+			b.WriteByte(v)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(upperHex(s[i+1]))
+			b.WriteByte(upperHex(s[i+2]))
+		}
+		i += 2
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// Path is the canonical form of a path: cleaned as path.Clean does (`//` →
+// `/`, `.` and `..` segments resolved), with a trailing slash kept. A path
+// that does not start with a slash (`*`) is kept as is.
 func Path(p string) string {
 	if p == "" {
 		return "/"
@@ -112,14 +214,57 @@ func HostOf(h string, tls bool) string {
 	return lower
 }
 
-// Key names the resource r targets, for locks, cache keys and
-// invalidation: the canonical host and path.
-func Key(r *http.Request) string {
-	return Host(r) + "\x00" + Path(r.URL.Path)
+// CacheTarget names exactly what r targets, for cache keys: the canonical
+// host and escaped path (the caller adds the query). r must have been
+// normalised.
+func CacheTarget(r *http.Request) string {
+	return Host(r) + "\x00" + r.URL.EscapedPath()
 }
 
-// KeyFor names the resource at path p on r's host (a collection, or a
-// Location the response named).
-func KeyFor(r *http.Request, p string) string {
-	return Host(r) + "\x00" + Path(p)
+// ResourceKey names the resource r targets, coarsely (see the package
+// comment): for locks, invalidation and the Idempotency-Key scope.
+func ResourceKey(r *http.Request) string { return ResourcePath(r.URL.Path) }
+
+// ResourcePath is the resource key of a decoded path (a collection, or a
+// Location a response named): lower case, each segment's `;params`
+// stripped, empty and `.` segments dropped, `..` resolved, no trailing
+// slash. The root is "/".
+func ResourcePath(p string) string {
+	if coarse(p) {
+		return p
+	}
+	segs := make([]string, 0, 8)
+	for seg := range strings.SplitSeq(strings.ToLower(p), "/") {
+		if i := strings.IndexByte(seg, ';'); i >= 0 {
+			seg = seg[:i]
+		}
+		switch seg {
+		case "", ".":
+		case "..":
+			if len(segs) > 0 {
+				segs = segs[:len(segs)-1]
+			}
+		default:
+			segs = append(segs, seg)
+		}
+	}
+	return "/" + strings.Join(segs, "/")
+}
+
+// coarse reports whether p is already a resource key: it starts with a
+// slash, has no upper-case ASCII, no `;`, no non-ASCII byte, no empty,
+// `.` or `..` segment and no trailing slash (but the root).
+func coarse(p string) bool {
+	if p == "/" {
+		return true
+	}
+	if len(p) < 2 || p[0] != '/' || p[len(p)-1] == '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c == ';' || 'A' <= c && c <= 'Z' || c >= 0x80 {
+			return false
+		}
+	}
+	return clean(p)
 }

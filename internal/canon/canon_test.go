@@ -2,47 +2,102 @@ package canon
 
 import (
 	"crypto/tls"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 )
 
-// TestOneResourceOneSpelling: every spelling of one resource has one key,
-// and distinct resources keep distinct keys.
-func TestOneResourceOneSpelling(t *testing.T) {
-	same := []struct{ host, target string }{
-		{"api.localhost:8443", "/v1/events/x"},
-		{"api.localhost:8443", "//v1/events/x"},
-		{"api.localhost:8443", "/v1/./events/x"},
-		{"api.localhost:8443", "/v1/events/../events/x"},
-		{"api.localhost:8443", "/v1//events///x"},
-		{"API.Localhost:8443", "/v1/events/x"},
-		{"api.localhost.:8443", "/v1/events/%78"},
+// spelled normalises a request for host and target (over TLS).
+func spelled(t *testing.T, host, target string) *http.Request {
+	t.Helper()
+	r := httptest.NewRequest("GET", "https://"+host+target, nil)
+	r.Host = host
+	r.TLS = &tls.ConnectionState{}
+	if err := Normalize(r); err != nil {
+		t.Fatalf("Normalize(%s%s) = %v", host, target, err)
 	}
-	want := ""
-	for i, s := range same {
-		r := httptest.NewRequest("GET", "https://"+s.host+s.target, nil)
-		r.Host = s.host
-		if err := Normalize(r); err != nil {
-			t.Fatalf("%s%s: %v", s.host, s.target, err)
-		}
-		k := Key(r)
-		if i == 0 {
-			want = k
-		} else if k != want {
-			t.Errorf("Key(%s%s) = %q, want %q", s.host, s.target, k, want)
-		}
-		if r.URL.Path != "/v1/events/x" || r.Host != "api.localhost:8443" {
-			t.Errorf("Normalize(%s%s) = %s %s", s.host, s.target, r.Host, r.URL.Path)
-		}
+	return r
+}
+
+// TestSpellings is the table of spellings → keys: what a backend sees
+// (the canonical target), the exact cache key and the coarse resource key.
+func TestSpellings(t *testing.T) {
+	tests := []struct {
+		host, target string
+		wantHost     string // the canonical Host
+		wantEscaped  string // the canonical escaped path: what is forwarded, and the cache key's path
+		wantResource string // the resource key
+	}{
+		{"api.localhost:8443", "/v1/events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:8443", "//v1/events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:8443", "/v1/./events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:8443", "/v1/events/../events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:8443", "/v1//events///x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"API.Localhost:8443", "/v1/events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost.:8443", "/v1/events/%78", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:443", "/v1/events/x", "api.localhost", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost", "/v1/events/x", "api.localhost", "/v1/events/x", "/v1/events/x"},
+		{"api2.localhost", "/v1/events/x", "api2.localhost", "/v1/events/x", "/v1/events/x"},
+		// a trailing slash, case and ;params are kept for the backend and
+		// the cache, merged for the resource key
+		{"api.localhost:8443", "/v1/events/x/", "api.localhost:8443", "/v1/events/x/", "/v1/events/x"},
+		{"api.localhost:8443", "/v1/Events/X", "api.localhost:8443", "/v1/Events/X", "/v1/events/x"},
+		{"api.localhost:8443", "/v1/events/x;v=2", "api.localhost:8443", "/v1/events/x;v=2", "/v1/events/x"},
+		{"api.localhost:8443", "/v1;a=b/events/x", "api.localhost:8443", "/v1;a=b/events/x", "/v1/events/x"},
+		// reserved escapes stay escaped (hex upper-cased): a%3Bb is not a;b
+		{"api.localhost:8443", "/v1/items/a%3bb", "api.localhost:8443", "/v1/items/a%3Bb", "/v1/items/a"},
+		{"api.localhost:8443", "/v1/items/a;b", "api.localhost:8443", "/v1/items/a;b", "/v1/items/a"},
+		{"api.localhost:8443", "/v1/items/a%2cb", "api.localhost:8443", "/v1/items/a%2Cb", "/v1/items/a,b"},
+		{"api.localhost:8443", "/v1/items/a%3Db", "api.localhost:8443", "/v1/items/a%3Db", "/v1/items/a=b"},
+		{"api.localhost:8443", "/v1/items/a%40b", "api.localhost:8443", "/v1/items/a%40b", "/v1/items/a@b"},
+		// unreserved escapes are decoded, dot segments among them
+		{"api.localhost:8443", "/v1/items/%7euser%2Dx", "api.localhost:8443", "/v1/items/~user-x", "/v1/items/~user-x"},
+		{"api.localhost:8443", "/v1/items/%2e%2e/events/x", "api.localhost:8443", "/v1/events/x", "/v1/events/x"},
+		{"api.localhost:8443", "/v1/events/a%20b", "api.localhost:8443", "/v1/events/a%20b", "/v1/events/a b"},
+		{"api.localhost:8443", "/", "api.localhost:8443", "/", "/"},
 	}
+	for _, tt := range tests {
+		t.Run(tt.host+tt.target, func(t *testing.T) {
+			r := spelled(t, tt.host, tt.target)
+			if r.Host != tt.wantHost || r.URL.EscapedPath() != tt.wantEscaped {
+				t.Errorf("canonical target = %s %s, want %s %s", r.Host, r.URL.EscapedPath(), tt.wantHost, tt.wantEscaped)
+			}
+			if got, want := CacheTarget(r), tt.wantHost+"\x00"+tt.wantEscaped; got != want {
+				t.Errorf("CacheTarget = %q, want %q", got, want)
+			}
+			if got := ResourceKey(r); got != tt.wantResource {
+				t.Errorf("ResourceKey = %q, want %q", got, tt.wantResource)
+			}
+			// idempotent: the canonical target is its own canonical form
+			again := spelled(t, r.Host, r.URL.EscapedPath())
+			if CacheTarget(again) != CacheTarget(r) || ResourceKey(again) != ResourceKey(r) {
+				t.Errorf("normalising twice changes the keys: %q %q", CacheTarget(again), ResourceKey(again))
+			}
+		})
+	}
+	// targets a backend can tell apart never share a cache key
 	distinct := map[string]string{}
-	for _, target := range []string{"/v1/events/x", "/v1/events/x/", "/v1/events/X", "/v1/events/x%20"} {
-		r := httptest.NewRequest("GET", target, nil)
-		k := Key(r)
+	for _, target := range []string{"/v1/events/x", "/v1/events/x/", "/v1/events/X", "/v1/events/x%20",
+		"/v1/items/a;b", "/v1/items/a%3Bb", "/v1/items/a,b", "/v1/items/a%2Cb", "/v1/items/a=b", "/v1/items/a%3Db",
+		"/v1/items/a@b", "/v1/items/a%40b"} {
+		k := CacheTarget(spelled(t, "api.localhost:8443", target))
 		if prev, dup := distinct[k]; dup {
-			t.Errorf("%s and %s share the key %q", prev, target, k)
+			t.Errorf("%s and %s share the cache key %q", prev, target, k)
 		}
 		distinct[k] = target
+	}
+}
+
+func TestControlCharactersAreRefused(t *testing.T) {
+	for _, target := range []string{"/v1/events/a%00b", "/v1/events/a%0Ab", "/v1/events/a%0db", "/v1/events/%7F", "/v1/events/%1b"} {
+		r := httptest.NewRequest("GET", target, nil)
+		before := r.URL.String()
+		if err := Normalize(r); err != ErrControlCharacter {
+			t.Errorf("Normalize(%s) = %v, want ErrControlCharacter", target, err)
+		}
+		if r.URL.String() != before {
+			t.Errorf("Normalize(%s) changed the target to %s on error", target, r.URL)
+		}
 	}
 }
 

@@ -95,13 +95,14 @@ func principalOf(r *http.Request) principal {
 
 func (p principal) authenticated() bool { return p.kind == classUser }
 
-// cacheKey names one stored response: the canonical resource, the query
-// and the principal.
+// cacheKey names one stored response exactly: the canonical host and
+// escaped path, the query and the principal (see canon: a cache key never
+// merges two targets a backend could tell apart).
 func cacheKey(r *http.Request, p principal) string {
 	if p.kind != classUser {
-		return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind
+		return canon.CacheTarget(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind
 	}
-	return canon.Key(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.user + "\x00" + p.scopes
+	return canon.CacheTarget(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.user + "\x00" + p.scopes
 }
 
 // lookup finds an entry for r: one stored for this principal, else a
@@ -183,7 +184,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 		owner = principal{kind: classShared}
 	}
 	e := &entry{
-		key: cacheKey(r, owner), pathKey: canon.Key(r),
+		key: cacheKey(r, owner), pathKey: canon.ResourceKey(r),
 		status: status, header: storedHeader(hdr), body: append([]byte(nil), body...),
 		etag: etag, generated: generated, lastModified: lastMod,
 		stored: received, initialAge: initialAge(hdr, requested, received), freshFor: freshFor, vary: vary,

@@ -7,8 +7,8 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -56,7 +56,7 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	// next runs up to three times: each run starts from the route groups
 	// matched so far, as the first would
 	groups := snapshotRouteGroups(r)
-	unlock, err := h.locks.lock(r.Context(), canon.Key(r), time.Duration(h.LockTimeout))
+	unlock, err := h.locks.lock(r.Context(), canon.ResourceKey(r), time.Duration(h.LockTimeout))
 	if errors.Is(err, errLockUnavailable) {
 		if retry := h.redis.RetryIn(); retry > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
@@ -239,16 +239,21 @@ func (pw *probeWriter) Write(p []byte) (int, error) {
 func (pw *probeWriter) Flush() {}
 
 // invalidateAfter drops cached responses for the target, its collection
-// and the Location / Content-Location on the same host after a successful
-// unsafe request (RFC 9111 §4.4), whoever sent it.
+// and the Location / Content-Location after a successful unsafe request
+// (RFC 9111 §4.4), whoever sent it. Every key is a resource key (see
+// canon): every spelling of the resource, on any host, is dropped. Over-
+// invalidating a Location on another host only drops more; RFC 9111 asks a
+// cache not to let a backend invalidate another origin's responses, and
+// every backend behind a gateway is the gateway's own.
 func (h *Handler) invalidateAfter(r *http.Request, hdr http.Header, status int) {
 	if h.store == nil || status < 200 || status >= 400 {
 		return
 	}
 	keys := make([]string, 0, 4)
-	keys = append(keys, canon.Key(r))
-	if p := parentPath(canon.Path(r.URL.Path)); p != "" {
-		keys = append(keys, canon.KeyFor(r, p))
+	rk := canon.ResourceKey(r)
+	keys = append(keys, rk)
+	if p := parentPath(rk); p != "" {
+		keys = append(keys, p)
 	}
 	for _, k := range []string{"Location", "Content-Location"} {
 		v := hdr.Get(k)
@@ -256,10 +261,12 @@ func (h *Handler) invalidateAfter(r *http.Request, hdr http.Header, status int) 
 			continue
 		}
 		u, err := r.URL.Parse(v)
-		if err != nil || (u.Host != "" && !strings.EqualFold(canon.HostOf(u.Host, r.TLS != nil), canon.Host(r))) {
+		if err != nil {
 			continue
 		}
-		keys = append(keys, canon.KeyFor(r, u.Path))
+		if k := canon.ResourcePath(u.Path); !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
 	}
 	for _, k := range keys {
 		h.store.invalidate(k)

@@ -302,7 +302,7 @@ func (h *Handler) scope(r *http.Request, key string) string {
 	} else {
 		who = "user:" + who
 	}
-	return who + "\x00" + r.Method + "\x00" + canon.Key(r) + "\x00" + key
+	return who + "\x00" + r.Method + "\x00" + canon.ResourceKey(r) + "\x00" + key
 }
 
 // storable reports whether a response is the request's final answer: not
