@@ -1,6 +1,7 @@
 package idempotency
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,6 +20,9 @@ import (
 //		ttl      <duration>
 //		max_body <size>
 //		max_size <size>
+//		principal_quota <size>
+//		max_in_flight <count>
+//		max_in_flight_total <count>
 //		docs_url <url>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -48,17 +52,33 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.TTL = caddy.Duration(dur)
 			}
-		case "max_body", "max_size":
+		case "max_body", "max_size", "principal_quota":
 			var v string
 			if ok = d.AllArgs(&v); ok {
 				n, err := humanize.ParseBytes(v)
 				if err != nil || n == 0 || n > 1<<34 {
 					return d.Errf("%s: invalid size '%s' (use a size such as 1MiB or 64MiB)", opt, v)
 				}
-				if opt == "max_body" {
+				switch opt {
+				case "max_body":
 					h.MaxBody = int(n)
-				} else {
+				case "max_size":
 					h.MaxSize = int64(n)
+				default:
+					h.PrincipalQuota = int64(n)
+				}
+			}
+		case "max_in_flight", "max_in_flight_total":
+			var v string
+			if ok = d.AllArgs(&v); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil || n <= 0 {
+					return d.Errf("%s: invalid count '%s' (use a positive whole number such as 100)", opt, v)
+				}
+				if opt == "max_in_flight" {
+					h.MaxInFlight = n
+				} else {
+					h.MaxInFlightTotal = n
 				}
 			}
 		default:

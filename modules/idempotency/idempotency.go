@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -52,9 +53,23 @@ const (
 //     backend is not called;
 //   - a retry while the first is still in flight is a 409 problem;
 //   - the same key with a different request is a 422 problem;
-//   - a 5xx, 408, 425 or 429 response (and an error, or a response too
-//     large to store) is not stored: the key is released, and a retry runs
-//     again.
+//   - a 5xx, 408, 425 or 429 response (and an error) is not stored: the
+//     key is released, and a retry runs again;
+//   - a response too large to keep (over MaxBody, or over the principal's
+//     quota) is remembered without its body: a retry is a 409 problem
+//     that gives its status, never a second execution.
+//
+// Only the request that claimed a key can complete or release it: a claim
+// that expired while its request ran, and was claimed again, is stale, and
+// its request's end changes nothing. Claims in flight are never evicted;
+// they are bounded by count, per principal (MaxInFlight, then a 429
+// problem) and in all (MaxInFlightTotal, then a 503 problem), and the
+// backend is not called. Stored responses are bounded by bytes, per
+// principal (PrincipalQuota: its own least recently used go first) and in
+// all (MaxSize: the least recently used of the principal holding the most
+// go first, so that one principal's flood cannot push out another's
+// records while that one holds no more than its fair share, MaxSize ÷ the
+// principals with records).
 //
 // Where `required` paths match, a request without the key is a 400
 // problem linking to the documentation. A malformed key (not an
@@ -78,9 +93,28 @@ type Handler struct {
 	// Default: 1 MiB.
 	MaxBody int `json:"max_body,omitempty"`
 
-	// The most bytes the in-memory store holds; the least recently used
-	// records are forgotten first. Default: 64 MiB.
+	// The most bytes of stored responses the in-memory store holds, all
+	// principals together; when it is full, the least recently used record
+	// of the principal holding the most bytes is forgotten first. Requests
+	// in flight are not counted here and never forgotten (see
+	// max_in_flight). Default: 64 MiB.
 	MaxSize int64 `json:"max_size,omitempty"`
+
+	// The most bytes of stored responses one principal (a user, else a
+	// client IP) holds; past it, its own least recently used are forgotten
+	// first. A single response larger than this is kept without its body
+	// (a retry is a 409 problem, not a second execution). At most
+	// max_size. Default: max_size ÷ 8 (8 MiB at the default max_size).
+	PrincipalQuota int64 `json:"principal_quota,omitempty"`
+
+	// The most requests with a key one principal may have in flight at
+	// once; one more is a 429 problem and is not carried out. Default: 100.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+
+	// The most requests with a key in flight at once, all principals
+	// together; one more is a 503 problem and is not carried out.
+	// Default: 10000.
+	MaxInFlightTotal int `json:"max_in_flight_total,omitempty"`
 
 	// The documentation linked from the 400 for a missing key. Default: the
 	// README's section.
@@ -105,8 +139,12 @@ const (
 	defaultTTL     = 24 * time.Hour
 	defaultMaxBody = 1 << 20
 	defaultMaxSize = 64 << 20
-	defaultDocsURL = "https://github.com/restgate/restgate#api_idempotency"
-	maxKeyLen      = 255
+	// the default principal_quota is max_size ÷ quotaShare
+	quotaShare              = 8
+	defaultMaxInFlight      = 100
+	defaultMaxInFlightTotal = 10000
+	defaultDocsURL          = "https://github.com/restgate/restgate#api_idempotency"
+	maxKeyLen               = 255
 )
 
 // stores keeps the in-memory store across config reloads, by its size.
@@ -138,6 +176,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxSize == 0 {
 		h.MaxSize = defaultMaxSize
 	}
+	if h.PrincipalQuota == 0 {
+		h.PrincipalQuota = h.MaxSize / quotaShare
+	}
+	if h.MaxInFlight == 0 {
+		h.MaxInFlight = defaultMaxInFlight
+	}
+	if h.MaxInFlightTotal == 0 {
+		h.MaxInFlightTotal = defaultMaxInFlightTotal
+	}
 	if h.DocsURL == "" {
 		h.DocsURL = defaultDocsURL
 	}
@@ -149,9 +196,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.store == nil {
-		h.poolKey = fmt.Sprint("idempotency:", h.MaxSize)
+		lim := h.limits()
+		h.poolKey = fmt.Sprintf("idempotency:%+v", lim)
 		val, _, err := stores.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-			return pooledStore{newMemStore(h.MaxSize)}, nil
+			return pooledStore{newMemStore(lim)}, nil
 		})
 		if err != nil {
 			h.poolKey = ""
@@ -164,10 +212,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.TTL < 0 || h.MaxBody < 0 || h.MaxSize < 0 {
-		return fmt.Errorf("ttl, max_body and max_size must not be negative")
+	if h.TTL < 0 || h.MaxBody < 0 || h.MaxSize < 0 || h.PrincipalQuota < 0 || h.MaxInFlight < 0 || h.MaxInFlightTotal < 0 {
+		return fmt.Errorf("ttl, max_body, max_size, principal_quota, max_in_flight and max_in_flight_total must not be negative")
+	}
+	if h.PrincipalQuota > h.MaxSize {
+		return fmt.Errorf("principal_quota (%d bytes) must not exceed max_size (%d bytes)", h.PrincipalQuota, h.MaxSize)
+	}
+	if h.MaxInFlight > h.MaxInFlightTotal {
+		return fmt.Errorf("max_in_flight (%d) must not exceed max_in_flight_total (%d)", h.MaxInFlight, h.MaxInFlightTotal)
 	}
 	return nil
+}
+
+// limits are the store's bounds, from the configuration.
+func (h *Handler) limits() limits {
+	return limits{maxBytes: h.MaxSize, quota: h.PrincipalQuota, inFlight: h.MaxInFlight, inFlightTotal: h.MaxInFlightTotal}
 }
 
 // Cleanup releases the store.
@@ -201,36 +260,85 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return err
 	}
 	fp := fingerprint(r, body)
-	key := h.scope(r, idemKey)
-	rec, claimed := h.store.Begin(key, fp, h.now(), time.Duration(h.TTL))
+	who := principal(r)
+	claim, rec, err := h.store.Begin(who, scope(who, r, idemKey), fp, h.now(), time.Duration(h.TTL))
 	switch {
-	case !claimed && rec.Fingerprint != fp:
+	case err != nil:
+		return h.refuse(w, err)
+	case claim != nil:
+		return h.run(w, r, next, claim, fp)
+	case rec.Fingerprint != fp:
 		return problem.Error(http.StatusUnprocessableEntity, "idempotency_key_reused",
 			"this Idempotency-Key was already used for a different request; use a new key for a new request")
-	case !claimed && rec.InFlight:
+	case rec.InFlight:
 		w.Header().Set("Retry-After", "1")
 		return problem.Error(http.StatusConflict, "idempotency_key_in_use",
 			"a request with this Idempotency-Key is still being processed; retry shortly to get its response")
-	case !claimed:
-		return replay(w, r, rec)
+	case rec.Discarded:
+		return discarded(rec)
 	}
+	return replay(w, r, rec)
+}
 
-	// the first request: run it to completion even if the client goes
-	// away, so that its retry finds the result
+// run carries out the request that holds claim: to completion even if the
+// client goes away, so that its retry finds the result.
+func (h *Handler) run(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, claim *Claim, fp Fingerprint) error {
+	settled := false
+	defer func() {
+		if !settled { // a panic: the claim must not stay in flight until it expires
+			h.store.Release(claim)
+		}
+	}()
 	r = r.WithContext(context.WithoutCancel(r.Context()))
 	rw := &recorder{ResponseWriter: w, max: h.MaxBody}
-	err = next.ServeHTTP(rw, r)
+	err := next.ServeHTTP(rw, r)
+	settled = true
 	// an error after a complete response only says the client went away
 	// while it was being sent: the retry must still find it
-	if (err != nil && !rw.clientGone) || !rw.wroteHeader || !storable(rw.status) || rw.overflow {
-		h.store.Release(key)
+	if (err != nil && !rw.clientGone) || !rw.wroteHeader || !storable(rw.status) {
+		h.store.Release(claim)
 		return err
 	}
-	h.store.Complete(key, &Record{
+	rec := &Record{
 		Fingerprint: fp, Status: rw.status, Header: rw.header, Body: rw.body.Bytes(),
 		Expires: h.now().Add(time.Duration(h.TTL)),
-	})
+	}
+	if rw.overflow {
+		rec = rec.discard()
+	}
+	if !h.store.Complete(claim, rec) {
+		h.logger.Warn("an Idempotency-Key request outlived its claim (ttl): its response was not stored",
+			zap.Duration("ttl", time.Duration(h.TTL)), zap.Int("status", rw.status))
+	}
 	return err
+}
+
+// refuse answers a request that Begin could not claim a key for: it is
+// not carried out.
+func (h *Handler) refuse(w http.ResponseWriter, err error) error {
+	w.Header().Set("Retry-After", "1")
+	if errors.Is(err, ErrPrincipalBusy) {
+		p := problem.New(http.StatusTooManyRequests, fmt.Sprintf(
+			"you have %d requests with an Idempotency-Key in flight, the most this gateway takes at once; this one was not carried out: retry after the Retry-After delay", h.MaxInFlight))
+		p.Type = problem.TypeQuotaExceeded
+		p.Code = "idempotency_in_flight_limit"
+		return caddyhttp.Error(http.StatusTooManyRequests, p)
+	}
+	return problem.Error(http.StatusServiceUnavailable, "idempotency_store_busy", fmt.Sprintf(
+		"the gateway has %d requests with an Idempotency-Key in flight, the most it takes at once; this one was not carried out: retry after the Retry-After delay", h.MaxInFlightTotal))
+}
+
+// discarded answers the retry of a request that was carried out but whose
+// response was too large to keep: it is not run again.
+func discarded(rec *Record) error {
+	p := problem.New(http.StatusConflict, fmt.Sprintf(
+		"the request with this Idempotency-Key was carried out (it answered %d), but its response was too large to keep for a replay; it is not carried out again: look up its result, or use a new key for a new request", rec.Status))
+	p.Code = "idempotency_response_not_stored"
+	p.Extensions = map[string]any{"original_status": rec.Status}
+	if loc := rec.Header.Get("Location"); loc != "" {
+		p.Extensions["original_location"] = loc
+	}
+	return caddyhttp.Error(http.StatusConflict, p)
 }
 
 // parseKey reads the Idempotency-Key field: one sf-string of 1 to 255
@@ -292,17 +400,27 @@ func fingerprint(r *http.Request, body []byte) Fingerprint {
 	return fp
 }
 
-// scope is the store key: the principal, the method, the canonical
-// resource and the client's key. Two users may use the same key.
-func (h *Handler) scope(r *http.Request, key string) string {
-	who, _ := identity.Principal(r)
-	if who == "" {
-		ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-		who = "ip:" + ip
-	} else {
-		who = "user:" + who
+// principal is whom a key belongs to: the authenticated principal, else
+// the client IP.
+func principal(r *http.Request) string {
+	if who, _ := identity.Principal(r); who != "" {
+		return "user:" + who
 	}
-	return who + "\x00" + r.Method + "\x00" + canon.ResourceKey(r) + "\x00" + key
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return "ip:" + ip
+}
+
+// scope is the store key: a digest of the principal, the method, the
+// resource key and the client's key (two users may use the same key),
+// each part length-prefixed so that none can run into the next. A digest
+// keeps every claim the same small size, whatever the path.
+func scope(who string, r *http.Request, key string) string {
+	d := sha256.New()
+	for _, part := range []string{who, r.Method, canon.ResourceKey(r), key} {
+		d.Write(binary.BigEndian.AppendUint64(nil, uint64(len(part))))
+		d.Write([]byte(part))
+	}
+	return string(d.Sum(nil))
 }
 
 // storable reports whether a response is the request's final answer: not

@@ -30,12 +30,13 @@ func newHandler(t testing.TB, cfg string) (*Handler, *testclock.Clock) {
 	}
 	c := testclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC), time.Millisecond)
 	h.now = c.Now
-	h.store = newMemStore(64 << 20) // each test its own
+	h.store = newMemStore(limits{}) // not the pool's; replaced once the limits are known
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
+	h.store = newMemStore(h.limits()) // each test its own
 	h.logger = zap.NewNop()
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
@@ -277,7 +278,7 @@ func TestClientGoneStillCompletes(t *testing.T) {
 // within the bound.
 func TestMemoryBound(t *testing.T) {
 	const maxSize = 16 << 20
-	s := newMemStore(maxSize)
+	s := newMemStore(limits{maxBytes: maxSize, quota: maxSize, inFlight: 1, inFlightTotal: 1})
 	rec := &Record{Status: 201, Header: http.Header{"Location": {"/v1/events/e1"}, "Etag": {`"v1"`}}, Body: []byte(`{"n": 1}`)}
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -285,10 +286,11 @@ func TestMemoryBound(t *testing.T) {
 	now := time.Now()
 	for i := range 1_000_000 {
 		k := fmt.Sprintf("user:alice\x00POST\x00api.example.com\x00/v1/events\x00key-%d", i)
-		if _, claimed := s.Begin(k, Fingerprint{}, now, time.Hour); !claimed {
-			t.Fatalf("key %d was not new", i)
+		c, _, err := s.Begin("user:alice", k, Fingerprint{}, now, time.Hour)
+		if c == nil {
+			t.Fatalf("key %d was not claimed: %v", i, err)
 		}
-		s.Complete(k, &Record{Status: rec.Status, Header: rec.Header, Body: rec.Body, Expires: now.Add(time.Hour)})
+		s.Complete(c, &Record{Status: rec.Status, Header: rec.Header, Body: rec.Body, Expires: now.Add(time.Hour)})
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
