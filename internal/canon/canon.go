@@ -215,10 +215,9 @@ func HostOf(h string, tls bool) string {
 }
 
 // CacheTarget names exactly what r targets, for cache keys: the canonical
-// host and escaped path (the caller adds the query). r must have been
-// normalised.
+// host and escaped path (the caller adds the query).
 func CacheTarget(r *http.Request) string {
-	return Host(r) + "\x00" + r.URL.EscapedPath()
+	return Host(r) + "\x00" + EscapedPath(r.URL.EscapedPath())
 }
 
 // ResourceKey names the resource r targets, coarsely (see the package

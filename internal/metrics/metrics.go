@@ -47,7 +47,7 @@ var (
 var (
 	cacheEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "cache", Name: "events_total",
-		Help: "Shared-cache events: hit, miss, stored, revalidated (a stored response refreshed by a 304), evicted (dropped for room), invalidated (dropped after a write).",
+		Help: "Shared-cache events: hit, miss, stored, revalidated (a stored response refreshed by a 304), evicted (dropped for room), invalidated (dropped after a write), stale_fill (a response not stored because a write invalidated its resource while it was being fetched).",
 	}, []string{"event"})
 	CacheHit         = cacheEvents.WithLabelValues("hit")
 	CacheMiss        = cacheEvents.WithLabelValues("miss")
@@ -55,6 +55,7 @@ var (
 	CacheRevalidated = cacheEvents.WithLabelValues("revalidated")
 	CacheEvicted     = cacheEvents.WithLabelValues("evicted")
 	CacheInvalidated = cacheEvents.WithLabelValues("invalidated")
+	CacheStaleFill   = cacheEvents.WithLabelValues("stale_fill")
 
 	CacheBytes = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "cache", Name: "bytes",

@@ -144,11 +144,19 @@ func (h *Handler) usable(e *entry, reqCC directives) int {
 	return useStale
 }
 
-// maybeStore stores a response if RFC 9111 §3 allows it, and says whether
-// it did. requested and received are when the request went upstream and
-// the response came back (for the age, §4.2.3).
+// fill is one trip upstream whose response may be stored: when the request
+// went (requested) and the response came back (received), for the age
+// (RFC 9111 §4.2.3), and the store's invalidation generation before it
+// went, so that a response a concurrent write made stale is not stored.
+type fill struct {
+	requested, received time.Time
+	gen                 uint64
+}
+
+// maybeStore stores a response if RFC 9111 §3 allows it and no write
+// invalidated the resource since the fill began, and says whether it did.
 func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr http.Header, body []byte,
-	etag string, generated bool, lastMod, requested, received time.Time) bool {
+	etag string, generated bool, lastMod time.Time, f fill) bool {
 	if status != http.StatusOK || len(hdr["Set-Cookie"]) > 0 {
 		return false
 	}
@@ -175,7 +183,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 			}
 		}
 	}
-	freshFor, ok := h.freshness(respCC, hdr, received)
+	freshFor, ok := h.freshness(respCC, hdr, f.received)
 	if !ok {
 		return false
 	}
@@ -187,7 +195,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 		key: cacheKey(r, owner), pathKey: canon.ResourceKey(r),
 		status: status, header: storedHeader(hdr), body: append([]byte(nil), body...),
 		etag: etag, generated: generated, lastModified: lastMod,
-		stored: received, initialAge: initialAge(hdr, requested, received), freshFor: freshFor, vary: vary,
+		stored: f.received, initialAge: initialAge(hdr, f.requested, f.received), freshFor: freshFor, vary: vary,
 	}
 	e.header["Content-Length"] = []string{strconv.Itoa(len(body))}
 	e.privateCC, e.privateChanges = privateCacheControl(e.header)
@@ -195,8 +203,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 		e.varyValues = append(e.varyValues, strings.Join(r.Header.Values(name), ","))
 	}
 	e.size = e.footprint()
-	h.store.put(e)
-	return true
+	return h.store.put(e, f.gen)
 }
 
 // freshness is how long a response stays fresh (RFC 9111 §4.2.1), and
@@ -258,8 +265,10 @@ func ageValue(hdr http.Header) (time.Duration, bool) {
 // refresh returns the entry that a 304 makes of a stored one (RFC 9111
 // §3.2, §4.3.4): every header field the 304 carries replaces the stored
 // one, but for those never stored and Content-Length. The stored entry is
-// never changed in place (other requests are reading it).
-func (h *Handler) refresh(e *entry, hdr http.Header, requested, received time.Time) *entry {
+// never changed in place (other requests are reading it), and the fresh
+// one is stored only if no write invalidated the resource since the fill
+// began.
+func (h *Handler) refresh(e *entry, hdr http.Header, f fill) *entry {
 	fresh := e.header.Clone()
 	for k, v := range hdr {
 		if k == "Content-Length" || !storable(k) {
@@ -268,17 +277,17 @@ func (h *Handler) refresh(e *entry, hdr http.Header, requested, received time.Ti
 		fresh[k] = slices.Clip(slices.Clone(v))
 	}
 	cp := *e
-	cp.header, cp.stored, cp.initialAge = fresh, received, initialAge(hdr, requested, received)
+	cp.header, cp.stored, cp.initialAge = fresh, f.received, initialAge(hdr, f.requested, f.received)
 	if et := fresh.Get("Etag"); et != "" && !e.generated {
 		cp.etag = et
 	}
 	cp.lastModified = parseHTTPTime(fresh["Last-Modified"])
 	cp.privateCC, cp.privateChanges = privateCacheControl(fresh)
-	if freshFor, ok := h.freshness(parseCacheControl(fresh), fresh, received); ok {
+	if freshFor, ok := h.freshness(parseCacheControl(fresh), fresh, f.received); ok {
 		cp.freshFor = freshFor
 	}
 	cp.size = cp.footprint()
-	h.store.put(&cp)
+	h.store.put(&cp, f.gen)
 	return &cp
 }
 
@@ -377,22 +386,58 @@ func (e *entry) varyMatches(r *http.Request) bool {
 
 // store is an in-memory cache bounded by the total footprint of its
 // entries: a golang-lru/v2 LRU does the recency bookkeeping, and the oldest
-// entries are dropped until the total fits. An index by resource finds
-// every entry (all queries, all principals) to invalidate.
+// entries are dropped until the total fits. An index by resource key finds
+// every entry (all spellings, queries and principals) to invalidate.
+//
+// A fill (a miss or a revalidation) that went upstream before a write's
+// invalidation and came back after it carries the old representation: it
+// must not be stored. Every invalidation takes the next generation number
+// and remembers it per resource key (in a bounded LRU: what it forgets
+// raises a floor, so forgetting only refuses more fills); a fill notes the
+// generation when it starts (ticket) and is stored only if its resource
+// was not invalidated since.
 type store struct {
 	mu       sync.Mutex
 	entries  *lru.Cache[string, *entry]
 	byPath   map[string]map[string]struct{}
 	bytes    int64
 	maxBytes int64
+
+	gen         uint64                     // the newest invalidation's generation
+	invalidated *lru.Cache[string, uint64] // resource key → its newest invalidation's generation
+	floor       uint64                     // the newest generation invalidated no longer remembers
 }
+
+// maxInvalidated bounds how many resource keys' invalidation generations
+// are remembered (about 100 bytes each).
+const maxInvalidated = 1 << 16
 
 func newStore(maxBytes int64) *store {
 	s := &store{byPath: map[string]map[string]struct{}{}, maxBytes: maxBytes}
 	// the count bound is not the real bound (bytes are); it only keeps a
 	// flood of tiny entries from growing the index without limit
 	s.entries, _ = lru.NewWithEvict[string, *entry](1<<20, s.evicted)
+	s.invalidated, _ = lru.NewWithEvict[string, uint64](maxInvalidated, func(_ string, gen uint64) {
+		s.floor = max(s.floor, gen) // runs with s.mu held
+	})
 	return s
+}
+
+// ticket is the generation a fill starts at: pass it to put.
+func (s *store) ticket() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// stale reports whether a fill that started at generation since may have
+// read pathKey before an invalidation; s.mu is held.
+func (s *store) stale(pathKey string, since uint64) bool {
+	if s.floor > since {
+		return true
+	}
+	gen, ok := s.invalidated.Peek(pathKey)
+	return ok && gen > since
 }
 
 // evicted keeps the byte count and the path index in step; it runs with
@@ -415,12 +460,19 @@ func (s *store) get(key string) *entry {
 	return e
 }
 
-func (s *store) put(e *entry) {
+// put stores e, filled since generation since (a ticket), and says
+// whether it did: not if it is larger than the whole cache, or its
+// resource was invalidated since the fill began.
+func (s *store) put(e *entry, since uint64) bool {
 	if e.size > s.maxBytes {
-		return
+		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stale(e.pathKey, since) {
+		metrics.CacheStaleFill.Inc()
+		return false
+	}
 	s.entries.Remove(e.key)
 	s.entries.Add(e.key, e)
 	s.bytes += e.size
@@ -438,22 +490,29 @@ func (s *store) put(e *entry) {
 		}
 		metrics.CacheEvicted.Inc()
 	}
+	return true
 }
 
-// invalidate drops every entry for a resource: all queries, all principals.
+// invalidate drops every entry for a resource key: all spellings, queries
+// and principals; a fill of it in flight will not be stored.
 func (s *store) invalidate(pathKey string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
+	s.invalidated.Add(pathKey, s.gen)
 	for key := range s.byPath[pathKey] {
 		s.entries.Remove(key)
 		metrics.CacheInvalidated.Inc()
 	}
 }
 
-// purge drops every entry (its bytes leave the cache_bytes gauge).
+// purge drops every entry (its bytes leave the cache_bytes gauge); no fill
+// in flight will be stored.
 func (s *store) purge() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
+	s.floor = s.gen
 	s.entries.Purge()
 }
 

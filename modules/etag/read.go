@@ -85,11 +85,15 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		return held
 	})
 	defer hold.Put(hw)
-	requested := h.now()
+	var f fill
+	if h.store != nil {
+		f.gen = h.store.ticket()
+	}
+	f.requested = h.now()
 	if err := next.ServeHTTP(hw, upstream); err != nil || !hw.Held() {
 		return err
 	}
-	received := h.now()
+	f.received = h.now()
 	hdr := w.Header()
 	if hw.Status() == http.StatusNotModified && revalidating {
 		status := statusStale304
@@ -97,7 +101,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 			status = statusRequest304
 		}
 		metrics.CacheRevalidated.Inc()
-		return h.serveEntry(w, r, h.refresh(stale, hdr, requested, received), who, status)
+		return h.serveEntry(w, r, h.refresh(stale, hdr, f), who, status)
 	}
 
 	body := hw.Body()
@@ -110,7 +114,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 	lastMod := parseHTTPTime(hdr["Last-Modified"])
 	if h.store != nil {
 		stored := !reqCC.has("no-store") &&
-			h.maybeStore(r, who, hw.Status(), hdr, body, etag, generated, lastMod, requested, received)
+			h.maybeStore(r, who, hw.Status(), hdr, body, etag, generated, lastMod, f)
 		addCacheStatus(hdr, cacheStatus(fwd, stored))
 	}
 	if who.authenticated() {

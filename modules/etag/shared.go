@@ -4,9 +4,9 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,7 +30,11 @@ import (
 // extend its lock logs an error). A gateway that cannot reach Redis refuses
 // conditional writes with 503 (it never writes unlocked).
 
-// invalidateTopic carries the canonical keys a write invalidated, one a line.
+// invalidateTopic carries the resource keys a write invalidated, as a JSON
+// array of strings: framed, so that no character a key may contain can
+// split one key into two. A message that is not such an array (a gateway of
+// an older version, which joined keys with newlines) drops the whole cache:
+// what it meant cannot be trusted.
 const invalidateTopic = "etag.invalidate"
 
 // defaultLockTTL is how long a Redis lock lives without being extended.
@@ -147,7 +151,11 @@ func (h *Handler) publishInvalidation(ctx context.Context, keys []string) {
 	if h.redis == nil || len(keys) == 0 {
 		return
 	}
-	err := h.redis.Publish(context.WithoutCancel(ctx), invalidateTopic, strings.Join(keys, "\n"))
+	msg, err := json.Marshal(keys)
+	if err != nil {
+		return // cannot happen: keys are strings
+	}
+	err = h.redis.Publish(context.WithoutCancel(ctx), invalidateTopic, string(msg))
 	if err != nil {
 		h.logger.Warn("could not tell the other gateways about a write; their caches may serve the old representation until it expires or they reconnect",
 			zap.Error(err))
@@ -157,9 +165,19 @@ func (h *Handler) publishInvalidation(ctx context.Context, keys []string) {
 // subscribe drops what other gateways' writes invalidated, and everything
 // after a break in the subscription.
 func (h *Handler) subscribe() func() {
-	return h.redis.Subscribe(invalidateTopic, func(payload string) {
-		for key := range strings.SplitSeq(payload, "\n") {
-			h.store.invalidate(key)
-		}
-	}, h.store.purge)
+	return h.redis.Subscribe(invalidateTopic, h.applyInvalidation, h.store.purge)
+}
+
+// applyInvalidation drops what another gateway's write invalidated (see
+// invalidateTopic).
+func (h *Handler) applyInvalidation(payload string) {
+	var keys []string
+	if err := json.Unmarshal([]byte(payload), &keys); err != nil {
+		h.logger.Warn("an invalidation from another gateway could not be read; dropping the whole cache", zap.Error(err))
+		h.store.purge()
+		return
+	}
+	for _, key := range keys {
+		h.store.invalidate(key)
+	}
 }
