@@ -22,6 +22,10 @@ var ErrUnprotected = errors.New("this route on the API host is not behind api_au
 // it public: the context is then the client's again, with every value
 // added since. Handlers that ignore their context (respond, file_server)
 // are caught on the way out: a success that was never unlocked is refused.
+//
+// A handler before api_auth that needs I/O for its own decision (the
+// per-IP rate limiter's Redis call) uses Live(ctx) for it, never the
+// request's context: see Live.
 
 type lockedCtx struct{ context.Context }
 
@@ -54,6 +58,34 @@ func (u unlockedCtx) Deadline() (deadline time.Time, ok bool) { return u.live.De
 // AfterFunc lets contexts derived from this one follow the client's
 // without a goroutine each (context.WithCancel looks for it).
 func (u unlockedCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(u.live, f) }
+
+// Live returns the context a handler uses for its own I/O while the
+// request may still be locked (the rate limiter's Redis calls before
+// api_auth): it ends when the client goes away, as the client's does, but
+// carries no request values, so it cannot stand in for the request's
+// context: a handler must never pass it on to next or to anything that
+// serves the request (reverse_proxy, a backend), which still sees a done
+// context until api_auth unlocks it. For a request that was never locked,
+// or that api_auth unlocked, it returns ctx itself.
+func Live(ctx context.Context) context.Context {
+	if ctx.Err() != ErrUnprotected {
+		return ctx
+	}
+	live, ok := ctx.Value(liveKey{}).(context.Context)
+	if !ok {
+		return ctx
+	}
+	return liveOnly{live}
+}
+
+// liveOnly is a context's liveness without its values.
+type liveOnly struct{ context.Context }
+
+func (liveOnly) Value(any) any { return nil }
+
+// AfterFunc lets contexts derived from this one (a call's timeout) follow
+// the client's without a goroutine each.
+func (l liveOnly) AfterFunc(f func()) func() bool { return context.AfterFunc(l.Context, f) }
 
 const passedVar = "restgate.auth.passed"
 

@@ -12,7 +12,12 @@
 //     to the Caddyfile's defaults (env.go);
 //   - warns, when a configuration is loaded (`restgate validate` included),
 //     about every route of an API site that can serve a request without
-//     passing api_auth (routes.go).
+//     passing api_auth (routes.go), and refuses a configuration in which a
+//     route outside the API sites can answer for an API host without
+//     api_auth, such as a second site block for the API host with a path
+//     (apihosts.go);
+//   - gives every reverse_proxy of an API site that has no response-header
+//     timeout a default one (upstream.go).
 //
 // The checks that concern a running gateway (lock, ports) are made when a
 // configuration is first loaded in a process and enforced when it starts,
@@ -24,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -49,6 +55,14 @@ type App struct {
 	// records them; never their values). Absent for a configuration written
 	// in JSON: then no reload is refused for its environment.
 	AdaptedEnv []string `json:"adapted_env"`
+
+	// The response-header timeout of every reverse_proxy of an API site (a
+	// site whose routes hold api_errors or api_auth) that sets none: a
+	// backend that accepts the connection and never answers is a 504
+	// problem after it, instead of holding its clients. A reverse_proxy's
+	// own `response_header_timeout` (as the Caddyfile's `import upstream`
+	// sets) is kept. Default: 30s.
+	UpstreamTimeout caddy.Duration `json:"upstream_timeout,omitempty"`
 
 	logger *zap.Logger
 	// what a first load found, returned by Start (not by Provision, so
@@ -94,6 +108,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for _, f := range unprotectedRoutes(httpApp) {
 		a.logger.Warn("this route can serve requests without api_auth: they will be refused at run time (api_errors require_auth) or served unprotected; move api_auth to the site's level, or declare the paths public in api_auth",
 			zap.String("server", f.server), zap.String("route", f.where), zap.String("handler", f.handler))
+	}
+	if found := bypassRoutes(httpApp); len(found) > 0 {
+		return bypassError(found)
+	}
+	if a.UpstreamTimeout < 0 {
+		return fmt.Errorf("upstream_timeout must not be negative")
+	}
+	if a.UpstreamTimeout == 0 {
+		a.UpstreamTimeout = caddy.Duration(defaultUpstreamTimeout)
+	}
+	if httpApp != nil {
+		setUpstreamTimeouts(httpApp, time.Duration(a.UpstreamTimeout), a.logger)
 	}
 
 	if a.DataDir != "" {
@@ -145,6 +171,7 @@ func (a *App) Stop() error { return nil }
 //
 //	restgate {
 //		data_dir <path>
+//		upstream_timeout <duration>
 //	}
 //
 // and records which RESTGATE_* variables the adapting shell has.
@@ -160,8 +187,18 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			if !d.AllArgs(&a.DataDir) {
 				return nil, d.ArgErr()
 			}
+		case "upstream_timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("upstream_timeout: %q is not a positive duration", v)
+			}
+			a.UpstreamTimeout = caddy.Duration(dur)
 		default:
-			return nil, d.Errf("unrecognized restgate option %q (valid: data_dir)", d.Val())
+			return nil, d.Errf("unrecognized restgate option %q (valid: data_dir, upstream_timeout)", d.Val())
 		}
 	}
 	return httpcaddyfile.App{Name: "restgate", Value: caddyconfig.JSON(a, nil)}, nil

@@ -53,6 +53,10 @@ func unprotectedRoutes(app *caddyhttp.App) []finding {
 type walker struct {
 	server string
 	found  []finding
+	// strict counts every handler not known to only pass requests on (or
+	// only answer with an error or a redirect) as serving: used for routes
+	// outside the API sites, which no api_errors guard backs up
+	strict bool
 }
 
 // list walks routes in order and reports whether an api_auth without
@@ -80,7 +84,11 @@ func (w *walker) route(r caddyhttp.Route, covered bool, where []string) bool {
 		case *caddyhttp.Subroute:
 			covered = w.list(h.Routes, covered, where)
 		default:
-			if name := serving(h); name != "" && !covered {
+			name := serving(h)
+			if w.strict {
+				name = notPassive(h)
+			}
+			if name != "" && !covered {
 				w.found = append(w.found, finding{server: w.server, where: strings.Join(where, " → "), handler: name})
 			}
 		}

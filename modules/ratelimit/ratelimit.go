@@ -5,6 +5,7 @@
 package ratelimit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/redisapp"
@@ -77,13 +79,13 @@ type Handler struct {
 	// refuses them with a 503 problem (fail closed). Required with redis.
 	OnError string `json:"on_error,omitempty"`
 
-	now        func() time.Time
-	logger     *zap.Logger
-	refusalLog *zap.Logger // logger, sampled
-	events     *caddyevents.App
-	ctx        caddy.Context
-	redis      *redisapp.App
-	shared     *redisDecider // the redis store; nil for the local one
+	now     func() time.Time
+	logger  *zap.Logger
+	sampled *zap.Logger // logger, sampled: refusals and undecided requests
+	events  *caddyevents.App
+	ctx     caddy.Context
+	redis   *redisapp.App
+	shared  *redisDecider // the redis store; nil for the local one
 }
 
 // CaddyModule returns the Caddy module information.
@@ -103,8 +105,9 @@ const maxZones = 8
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.logger = ctx.Logger()
-	// refusal lines: the first 10 a second, then one in 100
-	h.refusalLog = h.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+	// refusal and undecided lines: the first 10 a second (of each
+	// message), then one in 100
+	h.sampled = h.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(c, time.Second, 10, 100)
 	}))
 	if h.now == nil {
@@ -209,8 +212,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var n int
 	if h.shared != nil {
 		var err error
-		if n, err = h.shared.decide(r.Context(), asks[:m], now, decided[:]); err != nil {
-			return h.undecided(w, r, next, asks[:m])
+		// the decision is this handler's own I/O: before api_auth the
+		// request's context is done (api_errors require_auth), the
+		// client's liveness is not
+		if n, err = h.shared.decide(identity.Live(r.Context()), asks[:m], now, decided[:]); err != nil {
+			return h.undecided(w, r, next, asks[:m], err)
 		}
 	} else {
 		n = decideLocal(asks[:m], now, decided[:])
@@ -264,11 +270,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // undecided handles a request that the store could not decide (Redis is
 // down or slow): on_error allow admits it, without RateLimit headers;
-// deny refuses it with a 503 problem.
-func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, asks []ask) error {
+// deny refuses it with a 503 problem. Either way the operator is told why
+// (sampled), since neither answer says it to anyone else.
+func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, asks []ask, err error) error {
 	for _, a := range asks {
 		a.zone.counters.undecided.Inc()
 	}
+	h.reportUndecided(r, asks, err)
 	if h.OnError == OnErrorAllow {
 		return next.ServeHTTP(w, r)
 	}
@@ -289,11 +297,34 @@ func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {
 	rf.decisions = append(rf.decisions, decided...)
 }
 
+// reportUndecided logs why the store could not decide a request, at warn
+// level, sampled; a client that went away before the answer is no news for
+// the operator (debug).
+func (h *Handler) reportUndecided(r *http.Request, asks []ask, err error) {
+	lvl := zapcore.WarnLevel
+	if errors.Is(err, context.Canceled) && identity.Live(r.Context()).Err() != nil {
+		lvl = zapcore.DebugLevel
+	}
+	if c := h.sampled.Check(lvl, "rate limit undecided: the store could not answer"); c != nil {
+		zones := make([]string, len(asks))
+		for i, a := range asks {
+			zones[i] = a.zone.Name
+		}
+		c.Write(
+			zap.Strings("zones", zones),
+			zap.String("store", h.Store),
+			zap.String("on_error", h.OnError),
+			zap.String("request_id", problem.RequestIDFromRequest(r)),
+			zap.Error(err),
+		)
+	}
+}
+
 // reportRefusal logs a refusal (sampled: under a flood the log must not
 // become the flood) and emits the event. Fields are built only when the
 // line is written.
 func (h *Handler) reportRefusal(r *http.Request, z *Zone, d Decision) {
-	if c := h.refusalLog.Check(zapcore.InfoLevel, "rate limit exceeded"); c != nil {
+	if c := h.sampled.Check(zapcore.InfoLevel, "rate limit exceeded"); c != nil {
 		fields := []zap.Field{
 			zap.String("zone", z.Name),
 			zap.String("mode", h.Mode),

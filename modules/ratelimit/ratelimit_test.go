@@ -89,7 +89,7 @@ func newLimiter(t testing.TB, cfg string, ip bool) (*Handler, *testclock.Clock) 
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h.logger, h.refusalLog = zap.NewNop(), zap.NewNop()
+	h.logger, h.sampled = zap.NewNop(), zap.NewNop()
 	if testStore == StoreRedis {
 		h.Store, h.OnError, h.redis = StoreRedis, OnErrorDeny, testRedisApp
 		h.shared = &redisDecider{app: testRedisApp, callerClock: true}
