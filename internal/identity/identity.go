@@ -16,20 +16,66 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// The default header names; api_auth can be configured to use others.
+// The default header names; api_auth can be configured to use others for
+// the user and the scopes.
 const (
 	UserHeader   = "X-Auth-User"   // the authenticated user
 	ScopesHeader = "X-Auth-Scopes" // the user's scopes, space-separated
 	KeyHeader    = "X-API-Key"     // where a client may send its API key, besides Authorization
+
+	// IssuerHeader names the issuer of a token whose subject is the user:
+	// set only when the user is a token's subject (see Qualified), absent
+	// for an API key's user. A backend tells principals apart by the pair
+	// (issuer, user), never by the user alone.
+	IssuerHeader = "X-Auth-Issuer"
 )
 
 // Placeholders api_auth sets on success.
 const (
-	UserPlaceholder   = "http.auth.user.id"
-	ScopesPlaceholder = "http.auth.user.scopes"
-	KeyIDPlaceholder  = "http.auth.user.key_id"
-	IssuerPlaceholder = "http.auth.user.issuer" // a token's issuer
+	UserPlaceholder      = "http.auth.user.id"
+	ScopesPlaceholder    = "http.auth.user.scopes"
+	KeyIDPlaceholder     = "http.auth.user.key_id"
+	IssuerPlaceholder    = "http.auth.user.issuer"    // a token's issuer
+	PrincipalPlaceholder = "http.auth.user.principal" // the qualified principal: see Qualified
 )
+
+// TokenPrincipalPrefix starts every token principal that Qualified
+// builds; no API key's user may start with it (see ReservedUser).
+const TokenPrincipalPrefix = "jwt:"
+
+// Qualified is the principal of a user, the one name every internal key
+// (cache entries, Idempotency-Key records, rate-limit buckets, owned
+// documents) uses: an API key's user as it is (issuer empty), a token's
+// subject qualified by its kind and issuer, `jwt:<issuer> <subject>`. An
+// issuer never contains a space (api_auth refuses one at load), so the
+// first space ends it, and no key user can start with `jwt:`: two
+// principals are equal only if kind, issuer and subject are.
+func Qualified(user, issuer string) string {
+	if issuer == "" || user == "" {
+		return user
+	}
+	return TokenPrincipalPrefix + issuer + " " + user
+}
+
+// ReservedUser reports whether name may not be an API key's user: it
+// could be mistaken for a token principal.
+func ReservedUser(name string) bool {
+	return len(name) >= len(TokenPrincipalPrefix) && strings.EqualFold(name[:len(TokenPrincipalPrefix)], TokenPrincipalPrefix)
+}
+
+// ValidIssuer reports whether an issuer can qualify a principal and be
+// sent in a header: not empty, no whitespace or control characters.
+func ValidIssuer(iss string) bool {
+	if iss == "" {
+		return false
+	}
+	for i := 0; i < len(iss); i++ {
+		if iss[i] <= ' ' || iss[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
 
 // authorizationConsumedVar is set when api_auth authenticated the request
 // with its Authorization header: that credential is the gateway's own, not
@@ -55,19 +101,30 @@ func ForeignAuthorization(r *http.Request) bool {
 	return !consumed
 }
 
-// Principal is who made a request, for cache keys: the user and the scopes
-// the key carried (a response may depend on either), both empty when
-// anonymous.
-func Principal(r *http.Request) (user, scopes string) {
+// Principal is who made a request, for internal keys: the qualified
+// principal (see Qualified) and the scopes its credential carried (a
+// response may depend on either), both empty when anonymous.
+func Principal(r *http.Request) (principal, scopes string) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return "", ""
 	}
-	user, _ = repl.GetString(UserPlaceholder)
-	if user != "" {
+	principal = PrincipalOf(repl)
+	if principal != "" {
 		scopes, _ = repl.GetString(ScopesPlaceholder)
 	}
-	return user, scopes
+	return principal, scopes
+}
+
+// PrincipalOf is the qualified principal a request's replacer holds:
+// api_auth's, else the user another authentication handler set (Caddy's
+// basic_auth sets only the user), empty when anonymous.
+func PrincipalOf(repl *caddy.Replacer) string {
+	if p, _ := repl.GetString(PrincipalPlaceholder); p != "" {
+		return p
+	}
+	user, _ := repl.GetString(UserPlaceholder)
+	return user
 }
 
 // protected are the header names a client may never set, nominate as
@@ -80,7 +137,7 @@ var (
 )
 
 func init() {
-	Protect(UserHeader, ScopesHeader, "X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto",
+	Protect(UserHeader, ScopesHeader, IssuerHeader, "X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto",
 		"X-Forwarded-Host", "Forwarded", "Via")
 }
 
@@ -103,7 +160,18 @@ func Protect(names ...string) {
 }
 
 func isProtected(name string) bool {
-	return slices.Contains(*protected.Load(), http.CanonicalHeaderKey(textproto.TrimString(name)))
+	return slices.Contains(*protected.Load(), http.CanonicalHeaderKey(fold(textproto.TrimString(name))))
+}
+
+// fold is a header name as CGI and WSGI read it: `X_Auth_User` is
+// HTTP_X_AUTH_USER, the same variable as `X-Auth-User`. Caddy drops such
+// names before any handler runs; folding them here keeps them out if a
+// Caddy option or version ever lets them through.
+func fold(name string) string {
+	if strings.IndexByte(name, '_') < 0 {
+		return name
+	}
+	return strings.ReplaceAll(name, "_", "-")
 }
 
 // isIdentity reports whether a protected name is one a client might use to
@@ -119,13 +187,20 @@ func isIdentity(name string) bool {
 
 // Scrub makes sure nothing a client sends can speak for the gateway,
 // whatever route the request takes (with api_auth or public): it removes
-// client-sent identity headers, removes protected names from Connection
+// client-sent identity headers (and any protected name spelled with
+// underscores, which CGI and WSGI read as the same), removes protected
+// names from Connection
 // (which would make the proxy strip the gateway's own identity headers as
 // hop-by-hop), and returns a body wrapper that removes protected trailers
 // before the proxy forwards them.
 func Scrub(r *http.Request) {
 	for _, name := range *protected.Load() {
 		if isIdentity(name) {
+			delete(r.Header, name)
+		}
+	}
+	for name := range r.Header {
+		if strings.IndexByte(name, '_') >= 0 && isProtected(name) {
 			delete(r.Header, name)
 		}
 	}

@@ -40,6 +40,68 @@ func TestScrub(t *testing.T) {
 	}
 }
 
+// TestScrubUnderscores: a protected name spelled with underscores (what
+// CGI and WSGI read as the same variable) is removed, nominated or not,
+// as a header or a trailer; other underscore names are kept.
+func TestScrubUnderscores(t *testing.T) {
+	r := httptest.NewRequest("GET", "/", nil)
+	for _, name := range []string{"X_Auth_User", "x_auth_scopes", "X_AUTH_ISSUER", "X-Auth_User", "X_Forwarded_For"} {
+		r.Header[name] = []string{"forged"}
+	}
+	r.Header["X_Keep_Me"] = []string{"yes"}
+	r.Header["Connection"] = []string{"X_Auth_User, X_Hop"}
+	r.Trailer = map[string][]string{"X_Auth_User": nil}
+	Scrub(r)
+	for name, v := range r.Header {
+		if v[0] == "forged" {
+			t.Errorf("%s survived", name)
+		}
+	}
+	if r.Header.Get("Connection") != "X_Hop" || r.Header["X_Keep_Me"] == nil {
+		t.Errorf("headers after Scrub: %v", r.Header)
+	}
+	r.Trailer["X_Auth_Scopes"] = []string{"admin"}
+	ScrubTrailers(r)
+	if len(r.Trailer) != 0 {
+		t.Errorf("trailers after Scrub: %v", r.Trailer)
+	}
+}
+
+func TestQualified(t *testing.T) {
+	for _, tt := range []struct{ user, issuer, want string }{
+		{"alice", "", "alice"},
+		{"alice", "https://a.example", "jwt:https://a.example alice"},
+		{"", "https://a.example", ""},
+		{"b c", "https://a.example", "jwt:https://a.example b c"},
+	} {
+		if got := Qualified(tt.user, tt.issuer); got != tt.want {
+			t.Errorf("Qualified(%q, %q) = %q, want %q", tt.user, tt.issuer, got, tt.want)
+		}
+	}
+	// no two (issuer, user) pairs share a principal, and no key user can take one
+	seen := map[string]string{}
+	for _, iss := range []string{"", "https://a.example", "https://a.example:8443", "https://a.example/x", "a"} {
+		for _, user := range []string{"alice", "8443 alice", "x alice", "jwt:https://a.example alice"} {
+			if iss == "" && ReservedUser(user) {
+				continue // refused as a key user
+			}
+			p := Qualified(user, iss)
+			if prev, dup := seen[p]; dup {
+				t.Errorf("%q and %q/%q share the principal %q", prev, iss, user, p)
+			}
+			seen[p] = iss + "/" + user
+			if iss != "" && !ReservedUser(p) {
+				t.Errorf("token principal %q is a name a key user may have", p)
+			}
+		}
+	}
+	for iss, ok := range map[string]bool{"https://a.example": true, "": false, "https://a b": false, "https://a\tb": false, "a\x7f": false} {
+		if ValidIssuer(iss) != ok {
+			t.Errorf("ValidIssuer(%q) = %v", iss, !ok)
+		}
+	}
+}
+
 func TestGuard(t *testing.T) {
 	type key struct{}
 	r := httptest.NewRequest("GET", "/", nil)

@@ -47,13 +47,16 @@ const (
 // request are a 400. Errors are returned to `api_errors`.
 //
 // On success it sets these placeholders and forwards the identity in
-// headers, after deleting any client-sent copy of those headers:
+// headers (the user, the scopes, and for a token's subject the issuer in
+// `X-Auth-Issuer`), after deleting any client-sent copy of those headers:
 //
 // Placeholder | Description
 // ------------|-------------
-// `{http.auth.user.id}` | the key's user (also the access log's `user_id`)
+// `{http.auth.user.id}` | the key's user, or the token's subject (also the access log's `user_id`)
+// `{http.auth.user.principal}` | who the gateway's keys know: the key's user, or `jwt:<issuer> <subject>` for a token
 // `{http.auth.user.scopes}` | the key's scopes, space-separated
-// `{http.auth.user.key_id}` | the key's id
+// `{http.auth.user.key_id}` | the key's id (a token's `jti`)
+// `{http.auth.user.issuer}` | a token's issuer
 type Handler struct {
 	// A YAML key file; reloaded when it changes. Placeholders are replaced.
 	KeysFile string `json:"keys_file,omitempty"`
@@ -425,6 +428,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	metrics.AuthOK.Inc()
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(identity.UserPlaceholder, k.userAny)
+		repl.Set(identity.PrincipalPlaceholder, k.principalAny)
 		repl.Set(identity.ScopesPlaceholder, k.scopesAny)
 		repl.Set(identity.KeyIDPlaceholder, k.idAny)
 		if k.issuerAny != nil {
@@ -433,6 +437,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	r.Header[h.userHeader] = k.userHeader
 	r.Header[h.scopesHeader] = k.scopesHeader
+	if k.issuerHeader != nil {
+		r.Header[identity.IssuerHeader] = k.issuerHeader
+	}
 	if from&fromAuthorization != 0 {
 		identity.MarkAuthorizationConsumed(r)
 	}
@@ -458,6 +465,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.audit.Info("write",
 		zap.String("user", k.user),
+		issuerField(k),
 		zap.String("key_id", k.id),
 		zap.String("method", r.Method),
 		zap.String("path", r.URL.Path),
@@ -465,6 +473,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		zap.String("request_id", problem.RequestIDFromRequest(r)),
 	)
 	return err
+}
+
+// issuerField names a token's issuer in the audit line (nothing for a key).
+func issuerField(k *key) zap.Field {
+	if iss, ok := k.issuerAny.(string); ok {
+		return zap.String("issuer", iss)
+	}
+	return zap.Skip()
 }
 
 // authenticate finds the principal of a credential: a bearer token shaped

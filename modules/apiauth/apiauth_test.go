@@ -439,6 +439,40 @@ func TestFailSecure(t *testing.T) {
 	}
 }
 
+// TestKeyUserCannotBeATokenPrincipal: no key user, from any source, can
+// take the name a token's principal has.
+func TestKeyUserCannotBeATokenPrincipal(t *testing.T) {
+	t.Setenv(EnvAPIKeyFile, "")
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "keys.yaml")
+	for name, h := range map[string]func() *Handler{
+		"key file": func() *Handler {
+			_ = os.WriteFile(file, []byte("keys:\n  - user: \"jwt:https://issuer.example alice\"\n    sha256: "+hashOf("k")+"\n"), 0o600)
+			return &Handler{KeysFile: file}
+		},
+		"plaintext key file": func() *Handler {
+			_ = os.WriteFile(file, []byte("api_keys:\n  plaintoken: \"JWT:https://issuer.example alice\"\n"), 0o600)
+			return &Handler{KeysFile: file}
+		},
+		"inline": func() *Handler {
+			return &Handler{Keys: []KeyEntry{{User: "jwt:x y", SHA256: hashOf("k")}}}
+		},
+		"environment": func() *Handler {
+			t.Setenv(EnvAPIKey, "tok:jwt:https://issuer.example alice")
+			return &Handler{}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(EnvAPIKey, "")
+			err := h().Provision(ctx)
+			if err == nil || !strings.Contains(err.Error(), `may not start with "jwt:"`) {
+				t.Errorf("Provision = %v, want the reserved prefix named", err)
+			}
+		})
+	}
+}
+
 func TestUnmarshalCaddyfile(t *testing.T) {
 	input := `api_auth {
 		keys_file /etc/restgate/keys.yaml
@@ -457,6 +491,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			scope_map   storage.read:/ read
 			scope_map   storage.modify:/ write
 			leeway      10s
+			token_types at+jwt JWT
+			subjects_are_key_users
 		}
 	}`
 	var h Handler
@@ -469,7 +505,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		t.Errorf("got %+v", h)
 	}
 	if len(h.JWT) != 1 || h.JWT[0].Issuer != "https://issuer.example.org" || h.JWT[0].JWKSURL != "https://issuer.example.org/jwks.json" ||
-		len(h.JWT[0].Algorithms) != 2 || h.JWT[0].ScopeMap["storage.modify:/"] != "write" || time.Duration(h.JWT[0].Leeway) != 10*time.Second {
+		len(h.JWT[0].Algorithms) != 2 || h.JWT[0].ScopeMap["storage.modify:/"] != "write" || time.Duration(h.JWT[0].Leeway) != 10*time.Second ||
+		len(h.JWT[0].TokenTypes) != 2 || h.JWT[0].TokenTypes[1] != "JWT" || !h.JWT[0].SubjectsAreKeyUsers {
 		t.Errorf("jwt: got %+v", h.JWT)
 	}
 	for name, in := range map[string]string{
@@ -484,6 +521,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		"jwt unknown option":   "api_auth {\n jwt https://i {\n  nope 1\n }\n}",
 		"jwt bad leeway":       "api_auth {\n jwt https://i {\n  leeway soon\n }\n}",
 		"jwt scope_map arity":  "api_auth {\n jwt https://i {\n  scope_map a\n }\n}",
+		"jwt no token type":    "api_auth {\n jwt https://i {\n  token_types\n }\n}",
+		"jwt opt-in with arg":  "api_auth {\n jwt https://i {\n  subjects_are_key_users yes\n }\n}",
 		"public without paths": "api_auth {\n public\n}",
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -30,6 +30,8 @@ import (
 //			audience    <audiences...>
 //			algorithms  <algs...>
 //			user_claim  <claim>
+//			token_types <types...>|any
+//			subjects_are_key_users
 //			scope_claim <claim>
 //			scope_map   <token scope> <scope>
 //			leeway      <duration>
@@ -148,6 +150,11 @@ func unmarshalJWT(d *caddyfile.Dispenser) (*JWTIssuer, error) {
 			ok = len(j.Algorithms) > 0
 		case "user_claim":
 			ok = d.AllArgs(&j.UserClaim)
+		case "token_types":
+			j.TokenTypes = d.RemainingArgs()
+			ok = len(j.TokenTypes) > 0
+		case "subjects_are_key_users":
+			ok, j.SubjectsAreKeyUsers = d.CountRemainingArgs() == 0, true
 		case "scope_claim":
 			ok = d.AllArgs(&j.ScopeClaim)
 		case "ca_file":

@@ -26,6 +26,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/restgate/restgate/internal/identity"
 )
 
 // JWTIssuer accepts signed bearer tokens (JWTs, SciTokens) from one issuer,
@@ -35,12 +37,20 @@ import (
 // naming an algorithm); anything else in `Authorization: Bearer` is tried
 // as an API key. A token is accepted only if its signature verifies with a
 // key of the issuer's JWKS (by `kid`) using an allowed algorithm that fits
-// the key's type, its `iss` is the issuer, its `aud` names an accepted
-// audience, it has an `exp` and is within `exp`, `nbf` and `iat` (with
-// Leeway), and it names a user. Every token that fails any check gets the
-// same 401; the debug log says which check failed.
+// the key's type, its JOSE `typ` is an accepted token type, its `iss` is
+// the issuer, its `aud` names an accepted audience, it has an `exp` and is
+// within `exp`, `nbf` and `iat` (with Leeway), and it names a user. Every
+// token that fails any check gets the same 401; the debug log says which
+// check failed.
+//
+// A token's user is a principal of its own, `jwt:<issuer> <subject>`
+// (identity.Qualified): the cache, Idempotency-Key records, rate-limit
+// buckets and owned resources never confuse it with an API key's user of
+// the same name, nor with another issuer's subject. The backend gets the
+// subject in the user header and the issuer in `X-Auth-Issuer`.
 type JWTIssuer struct {
-	// The issuer, exactly as the tokens' `iss` claim names it.
+	// The issuer, exactly as the tokens' `iss` claim names it. It may not
+	// contain spaces or control characters.
 	Issuer string `json:"issuer"`
 
 	// Where the issuer's JWKS is (HTTPS only). Default: the `jwks_uri` of
@@ -57,6 +67,24 @@ type JWTIssuer struct {
 
 	// The claim that names the user. Default: `sub`.
 	UserClaim string `json:"user_claim,omitempty"`
+
+	// The JOSE header `typ` values accepted (RFC 8725 §3.11): compared
+	// case-insensitively, with or without the `application/` prefix. A
+	// token without `typ` matches none of them. `any` turns the check off.
+	// Default: `at+jwt`, the access-token type of RFC 9068, so that an ID
+	// token (typed `JWT`, or untyped) is refused even when its `aud`
+	// happens to name this API. For an issuer that does not type its
+	// access tokens, list what it sends (`JWT`) or `any`, and make sure its
+	// ID tokens never carry an audience listed here.
+	TokenTypes []string `json:"token_types,omitempty"`
+
+	// The issuer's subjects are the key file's users: a token with `sub:
+	// alice` is the API key user `alice` (her cached answers, her
+	// Idempotency-Key records, her rate-limit bucket, her owned documents),
+	// and no `X-Auth-Issuer` is sent. Only for an issuer the operator
+	// trusts to name exactly the key file's users. Default: off, the
+	// token's subject is its own principal, qualified by the issuer.
+	SubjectsAreKeyUsers bool `json:"subjects_are_key_users,omitempty"`
 
 	// The claim that holds the scopes: a space-separated string (SciTokens,
 	// OAuth 2.0) or a list of strings. Default: `scope`.
@@ -84,6 +112,7 @@ type JWTIssuer struct {
 	MinRefetch caddy.Duration `json:"min_refetch,omitempty"`
 
 	algs      []jose.SignatureAlgorithm
+	types     []string                           // the accepted typ values, normalised; nil accepts any
 	keys      atomic.Pointer[jose.JSONWebKeySet] // nil until the first fetch succeeds
 	client    *http.Client
 	fetchMu   sync.Mutex
@@ -105,6 +134,19 @@ const (
 
 var defaultAlgorithms = []string{"RS256", "ES256", "EdDSA"}
 
+// defaultTokenTypes accepts access tokens only (RFC 9068 §2.1).
+var defaultTokenTypes = []string{"at+jwt"}
+
+// anyTokenType in TokenTypes turns the typ check off.
+const anyTokenType = "any"
+
+// normalTokenType is a `typ` value as RFC 7515 §4.1.9 compares it: media
+// types are case-insensitive and `application/` may be left out.
+func normalTokenType(typ string) string {
+	typ = strings.ToLower(strings.TrimSpace(typ))
+	return strings.TrimPrefix(typ, "application/")
+}
+
 // asymmetric are the algorithms a JWKS of public keys can verify.
 var asymmetric = []jose.SignatureAlgorithm{
 	jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
@@ -115,6 +157,9 @@ func (j *JWTIssuer) provision(ctx caddy.Context, logger *zap.Logger, now func() 
 	j.logger, j.now = logger.With(zap.String("issuer", j.Issuer)), now
 	if j.Issuer == "" {
 		return fmt.Errorf("jwt: an issuer is required")
+	}
+	if !identity.ValidIssuer(j.Issuer) {
+		return fmt.Errorf("jwt %q: an issuer may not contain spaces or control characters (it qualifies its tokens' users and is sent in %s)", j.Issuer, identity.IssuerHeader)
 	}
 	if len(j.Audience) == 0 {
 		return fmt.Errorf("jwt %s: audience is required (the tokens' aud must name this API)", j.Issuer)
@@ -131,6 +176,21 @@ func (j *JWTIssuer) provision(ctx caddy.Context, logger *zap.Logger, now func() 
 	}
 	if j.UserClaim == "" {
 		j.UserClaim = "sub"
+	}
+	if len(j.TokenTypes) == 0 {
+		j.TokenTypes = defaultTokenTypes
+	}
+	j.types = nil
+	for _, t := range j.TokenTypes {
+		switch n := normalTokenType(t); {
+		case n == anyTokenType && len(j.TokenTypes) > 1:
+			return fmt.Errorf("jwt %s: token_types: `any` accepts every type; list no other", j.Issuer)
+		case n == anyTokenType:
+		case n == "":
+			return fmt.Errorf("jwt %s: token_types: an empty type", j.Issuer)
+		default:
+			j.types = append(j.types, n)
+		}
 	}
 	if j.ScopeClaim == "" {
 		j.ScopeClaim = "scope"
@@ -394,6 +454,9 @@ func (h *Handler) verifyJWT(ctx context.Context, token string) (*key, error) {
 		return nil, h.refuseToken("algorithm not accepted for this issuer")
 	}
 	hdr := parsed.Headers[0]
+	if !iss.typeAccepted(hdr) {
+		return nil, h.refuseToken("token type (typ) not accepted for this issuer")
+	}
 	var std jwt.Claims
 	var custom tokenClaims
 	verified := false
@@ -427,6 +490,9 @@ func (h *Handler) verifyJWT(ctx context.Context, token string) (*key, error) {
 	}
 	k := newKey(id, user, iss.scopes(custom[iss.ScopeClaim]))
 	k.issuerAny = iss.Issuer
+	if !iss.SubjectsAreKeyUsers {
+		k.qualify(iss.Issuer)
+	}
 	expires := std.Expiry.Time().Add(time.Duration(iss.Leeway))
 	h.verified.cache.Add(sum, &verifiedToken{k: k, expires: expires, keys: iss.keys.Load(), issuer: iss})
 	return k, nil
@@ -460,6 +526,15 @@ func (h *Handler) refuseToken(reason string) error {
 		c.Write(zap.String("reason", reason))
 	}
 	return errBadToken
+}
+
+// typeAccepted reports whether a token's `typ` is one the issuer accepts.
+func (j *JWTIssuer) typeAccepted(hdr jose.Header) bool {
+	if j.types == nil {
+		return true
+	}
+	typ, _ := hdr.ExtraHeaders[jose.HeaderType].(string)
+	return typ != "" && slices.Contains(j.types, normalTokenType(typ))
 }
 
 // candidates are the keys that may have signed a token with this header:

@@ -109,11 +109,16 @@ var (
 	edSigner  = signer{"ed-1", jose.EdDSA, edKey}
 )
 
-// mint signs claims with s, with extra JOSE header fields.
+// mint signs claims with s as an access token (`typ: at+jwt`), with extra
+// JOSE header fields (a nil value removes one).
 func mint(t testing.TB, s signer, claims map[string]any, extra map[jose.HeaderKey]any) string {
 	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", s.kid)
+	opts := (&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", s.kid)
 	for k, v := range extra {
+		if v == nil {
+			delete(opts.ExtraHeaders, k)
+			continue
+		}
 		opts = opts.WithHeader(k, v)
 	}
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: s.alg, Key: s.priv}, opts)
@@ -149,16 +154,17 @@ func with(c map[string]any, k string, v any) map[string]any {
 }
 
 // newJWTAuth provisions api_auth with the test API keys and one issuer,
-// on a clock that moves a millisecond a read, and a refetch interval.
-func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration) *Handler {
+// on a clock that moves a millisecond a read, and a refetch interval;
+// configure (if any) adjusts the issuer before it is provisioned.
+func newJWTAuth(t testing.TB, is *issuerServer, minRefetch time.Duration, configure ...func(*JWTIssuer)) *Handler {
 	t.Helper()
-	return newJWTAuthStep(t, is, minRefetch, time.Millisecond)
+	return newJWTAuthStep(t, is, minRefetch, time.Millisecond, configure...)
 }
 
 // newJWTAuthStep is newJWTAuth with the clock's step per read: a benchmark
 // reads it millions of times, and a millisecond each would expire its
 // token.
-func newJWTAuthStep(t testing.TB, is *issuerServer, minRefetch, step time.Duration) *Handler {
+func newJWTAuthStep(t testing.TB, is *issuerServer, minRefetch, step time.Duration, configure ...func(*JWTIssuer)) *Handler {
 	t.Helper()
 	t.Setenv(EnvAPIKey, "")
 	t.Setenv(EnvAPIKeyFile, "")
@@ -170,6 +176,9 @@ func newJWTAuthStep(t testing.TB, is *issuerServer, minRefetch, step time.Durati
 			MinRefetch: caddy.Duration(minRefetch),
 		}},
 		now: testclock.New(testNow, step).Now,
+	}
+	for _, c := range configure {
+		c(h.JWT[0])
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -195,6 +204,12 @@ func TestJWTAccepted(t *testing.T) {
 		repl := seen.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if iss, _ := repl.GetString("http.auth.user.issuer"); iss != is.srv.URL {
 			t.Errorf("issuer placeholder %q", iss)
+		}
+		if p, _ := repl.GetString("http.auth.user.principal"); p != "jwt:"+is.srv.URL+" sci-user" {
+			t.Errorf("principal placeholder %q, want the subject qualified by the issuer", p)
+		}
+		if got := seen.Header.Values("X-Auth-Issuer"); len(got) != 1 || got[0] != is.srv.URL {
+			t.Errorf("X-Auth-Issuer = %q, want the issuer", got)
 		}
 		if id, _ := repl.GetString("http.auth.user.key_id"); id != "tok-1" {
 			t.Errorf("key_id placeholder %q, want the jti", id)
@@ -243,6 +258,8 @@ func TestBadTokensGetOneAnswer(t *testing.T) {
 		"tampered signature":            parts[0] + "." + parts[1] + "." + flip(parts[2]),
 		"100 KiB token":                 mint(t, rsaSigner, with(good, "pad", strings.Repeat("x", 100<<10)), nil),
 		"unknown crit header":           mint(t, rsaSigner, good, map[jose.HeaderKey]any{"crit": []string{"x-custom"}, "x-custom": true}),
+		"an ID token (typ JWT)":         mint(t, rsaSigner, good, map[jose.HeaderKey]any{jose.HeaderType: "JWT"}),
+		"untyped":                       mint(t, rsaSigner, good, map[jose.HeaderKey]any{jose.HeaderType: nil}),
 	}
 	var first string
 	for name, tok := range tests {
@@ -390,14 +407,87 @@ func TestIssuerDownAtStart(t *testing.T) {
 	}
 }
 
+// TestTokenTypes: by default only access tokens (`at+jwt`) pass; an
+// issuer may list the types it sends, or turn the check off.
+func TestTokenTypes(t *testing.T) {
+	is := newIssuerServer(t)
+	is.publish(rsaSigner)
+	claims := claimsFor(is, "storage.read:/")
+	typed := func(typ any) string { return mint(t, rsaSigner, claims, map[jose.HeaderKey]any{jose.HeaderType: typ}) }
+	for _, tt := range []struct {
+		types []string
+		typ   any // nil: no typ
+		ok    bool
+	}{
+		{nil, "at+jwt", true},
+		{nil, "AT+JWT", true},
+		{nil, "application/at+jwt", true},
+		{nil, "JWT", false},
+		{nil, nil, false},
+		{nil, "id_token+jwt", false},
+		{[]string{"JWT"}, "JWT", true},
+		{[]string{"JWT"}, "application/jwt", true},
+		{[]string{"JWT"}, "at+jwt", false},
+		{[]string{"JWT"}, nil, false},
+		{[]string{"application/at+jwt", "JWT"}, "at+jwt", true},
+		{[]string{"any"}, nil, true},
+		{[]string{"any"}, "JWT", true},
+	} {
+		t.Run(fmt.Sprintf("%v/%v", tt.types, tt.typ), func(t *testing.T) {
+			h := newJWTAuth(t, is, 0, func(j *JWTIssuer) { j.TokenTypes = tt.types })
+			_, _, err := serve(h, "GET", "Authorization", "Bearer "+typed(tt.typ))
+			if (err == nil) != tt.ok {
+				t.Errorf("accepted %v, want %v (%v)", err == nil, tt.ok, err)
+			}
+		})
+	}
+}
+
+// TestTokenPrincipals: a token's subject is its own principal, qualified
+// by the issuer, unless the issuer's subjects are declared to be the key
+// file's users.
+func TestTokenPrincipals(t *testing.T) {
+	is := newIssuerServer(t)
+	is.publish(rsaSigner)
+	tok := mint(t, rsaSigner, with(claimsFor(is, "storage.read:/"), "sub", "rita"), nil)
+	principal := func(h *Handler) (string, []string) {
+		t.Helper()
+		seen, _, err := serve(h, "GET", "Authorization", "Bearer "+tok, "X-Auth-Issuer", "https://forged.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := seen.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).GetString("http.auth.user.principal")
+		return p, seen.Header.Values("X-Auth-Issuer")
+	}
+	h := newJWTAuth(t, is, 0)
+	if p, iss := principal(h); p != "jwt:"+is.srv.URL+" rita" || len(iss) != 1 || iss[0] != is.srv.URL {
+		t.Errorf("default: principal %q, X-Auth-Issuer %q", p, iss)
+	}
+	// the key user rita is rita, with no issuer, whatever the client sends
+	seen, _, err := serve(h, "GET", "Authorization", "Bearer "+readerKey, "X-Auth-Issuer", "https://forged.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := seen.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).GetString("http.auth.user.principal"); p != "rita" || seen.Header.Get("X-Auth-Issuer") != "" {
+		t.Errorf("API key: principal %q, X-Auth-Issuer %q", p, seen.Header.Get("X-Auth-Issuer"))
+	}
+	optIn := newJWTAuth(t, is, 0, func(j *JWTIssuer) { j.SubjectsAreKeyUsers = true })
+	if p, iss := principal(optIn); p != "rita" || len(iss) != 0 {
+		t.Errorf("subjects_are_key_users: principal %q, X-Auth-Issuer %q; want the key user rita, no issuer header", p, iss)
+	}
+}
+
 func TestJWTConfigErrors(t *testing.T) {
 	is := newIssuerServer(t)
 	for name, j := range map[string]*JWTIssuer{
-		"no audience": {Issuer: is.srv.URL},
-		"hs256":       {Issuer: is.srv.URL, Audience: []string{"a"}, Algorithms: []string{"HS256"}},
-		"none":        {Issuer: is.srv.URL, Audience: []string{"a"}, Algorithms: []string{"none"}},
-		"http jwks":   {Issuer: is.srv.URL, Audience: []string{"a"}, JWKSURL: "http://127.0.0.1/jwks"},
-		"http issuer": {Issuer: "http://issuer.example", Audience: []string{"a"}},
+		"no audience":       {Issuer: is.srv.URL},
+		"issuer with space": {Issuer: is.srv.URL + " x", Audience: []string{"a"}},
+		"any and a type":    {Issuer: is.srv.URL, Audience: []string{"a"}, TokenTypes: []string{"any", "JWT"}},
+		"empty type":        {Issuer: is.srv.URL, Audience: []string{"a"}, TokenTypes: []string{" "}},
+		"hs256":             {Issuer: is.srv.URL, Audience: []string{"a"}, Algorithms: []string{"HS256"}},
+		"none":              {Issuer: is.srv.URL, Audience: []string{"a"}, Algorithms: []string{"none"}},
+		"http jwks":         {Issuer: is.srv.URL, Audience: []string{"a"}, JWKSURL: "http://127.0.0.1/jwks"},
+		"http issuer":       {Issuer: "http://issuer.example", Audience: []string{"a"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/restgate/restgate/internal/identity"
 )
 
 // KeyEntry describes one API key by the SHA-256 hash of the key; the key
@@ -21,7 +23,10 @@ type KeyEntry struct {
 	// (never the hash itself).
 	ID string `json:"id,omitempty" yaml:"id,omitempty"`
 
-	// The user the key authenticates.
+	// The user the key authenticates: also its principal, the name the
+	// cache, Idempotency-Key records, rate limits and owned resources know
+	// it by. It may not start with `jwt:`, which begins the principals of
+	// tokens.
 	User string `json:"user" yaml:"user"`
 
 	// The lowercase hex SHA-256 of the key.
@@ -51,7 +56,9 @@ type key struct {
 	userAny      any
 	scopesAny    any
 	idAny        any
-	issuerAny    any // for a token, its issuer; nil for an API key
+	issuerAny    any      // for a token, its issuer; nil for an API key
+	principalAny any      // identity.Qualified: the user, or a token's qualified subject
+	issuerHeader []string // the issuer header when the principal is qualified; nil otherwise
 }
 
 // newKey builds the principal of an API key or a verified token, with its
@@ -59,10 +66,17 @@ type key struct {
 func newKey(id, user string, scopes []string) *key {
 	k := &key{id: id, user: user, scopes: scopes}
 	k.scopesString = strings.Join(k.scopes, " ")
-	k.userAny, k.scopesAny, k.idAny = k.user, k.scopesString, k.id
+	k.userAny, k.scopesAny, k.idAny, k.principalAny = k.user, k.scopesString, k.id, k.user
 	k.userHeader = []string{k.user}
 	k.scopesHeader = []string{k.scopesString}
 	return k
+}
+
+// qualify makes a token's user a principal of its issuer's, told to the
+// backend in the issuer header.
+func (k *key) qualify(issuer string) {
+	k.principalAny = identity.Qualified(k.user, issuer)
+	k.issuerHeader = []string{issuer}
 }
 
 func (k *key) has(scope string) bool { return slices.Contains(k.scopes, scope) }
@@ -149,6 +163,9 @@ func (e KeyEntry) load() (*key, error) {
 	}
 	if strings.ContainsAny(e.User, "\r\n\x00") || len(e.User) > 256 {
 		return nil, fmt.Errorf("invalid user name")
+	}
+	if identity.ReservedUser(e.User) {
+		return nil, fmt.Errorf("a key's user may not start with %q, which begins the principals of signed tokens", identity.TokenPrincipalPrefix)
 	}
 	raw, err := hex.DecodeString(strings.ToLower(strings.TrimSpace(e.SHA256)))
 	if err != nil || len(raw) != sha256.Size {

@@ -22,8 +22,12 @@ type Zone struct {
 	Name string `json:"name"`
 
 	// What the buckets are keyed on: a placeholder template such as
-	// `{http.auth.user.id}` or `{http.request.header.X-Tenant}`. Default:
-	// the authenticated user (`{http.auth.user.id}`), else the client IP.
+	// `{http.auth.user.principal}` or `{http.request.header.X-Tenant}`.
+	// Default: the authenticated principal (`{http.auth.user.principal}`:
+	// an API key's user, or a token's subject qualified by its issuer, so
+	// that `alice` of a key and `sub: alice` of a token never share a
+	// bucket), else the client IP. `{http.auth.user.id}` is the bare user
+	// or subject, which every issuer's `alice` shares.
 	// A key that evaluates empty falls back to the client IP, never to one
 	// bucket shared by everyone. `{client_ip}` keys on the client IP alone
 	// (Caddy's, which honours `trusted_proxies`).
@@ -190,8 +194,8 @@ func (z *Zone) keyFor(r *http.Request, repl *caddy.Replacer) string {
 	switch z.Key {
 	case "":
 		if repl != nil {
-			if user, _ := repl.GetString(identity.UserPlaceholder); user != "" {
-				return user
+			if p := identity.PrincipalOf(repl); p != "" {
+				return p
 			}
 		}
 	case "{client_ip}":
