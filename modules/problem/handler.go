@@ -63,7 +63,11 @@ type Handler struct {
 	// request that reaches a handler without that is refused with a 500
 	// problem and an error log line naming the route: reverse_proxy never
 	// sends it (its context is done until api_auth lets it through), and a
-	// success from a handler that ignores its context is not sent.
+	// success from a handler that ignores its context is not sent. restgate's
+	// handlers before api_auth that need I/O of their own (api_rate_limit's
+	// Redis calls) make it on identity.Live, the client's liveness without
+	// the request's values. Routes outside this site that answer for the
+	// same host are refused at load time by the restgate app.
 	RequireAuth bool `json:"require_auth,omitempty"`
 
 	overrides map[int]StatusOverride
