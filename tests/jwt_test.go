@@ -53,7 +53,7 @@ func TestJWTThroughGateway(t *testing.T) {
 	g := StartGateway(t, cfg, Options{})
 	c := g.Client()
 
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: priv}, (&jose.SignerOptions{}).WithType("at+jwt").WithHeader("kid", "k1")) // an access token (RFC 9068): api_auth's default token_types
 	if err != nil {
 		t.Fatal(err)
 	}
