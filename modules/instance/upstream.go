@@ -92,6 +92,7 @@ func eachProxy(r caddyhttp.Route, where []string, fn func(where []string, h *rev
 // http app is provisioned, not started). A transport other than Caddy's
 // HTTP transport (fastcgi, a plugin's) is only warned about.
 func setUpstreamTimeouts(app *caddyhttp.App, d time.Duration, logger *zap.Logger) {
+	set := 0
 	for _, p := range proxiesWithoutTimeout(app) {
 		t, ok := p.handler.Transport.(*reverseproxy.HTTPTransport)
 		if !ok || t.Transport == nil {
@@ -101,7 +102,12 @@ func setUpstreamTimeouts(app *caddyhttp.App, d time.Duration, logger *zap.Logger
 		}
 		t.ResponseHeaderTimeout = caddy.Duration(d)
 		t.Transport.ResponseHeaderTimeout = d
-		logger.Info("this reverse_proxy of an API site sets no response_header_timeout: restgate's default applies (restgate { upstream_timeout }), so a backend that never answers is a 504 problem",
+		set++
+		logger.Debug("this reverse_proxy of an API site sets no response_header_timeout: restgate's default applies",
 			zap.String("server", p.server), zap.String("route", p.where), zap.Duration("response_header_timeout", d))
+	}
+	if set > 0 {
+		logger.Info("reverse_proxy handlers of API sites without a response_header_timeout: restgate's default applies (restgate { upstream_timeout }), so a backend that never answers is a 504 problem",
+			zap.Int("reverse_proxies", set), zap.Duration("response_header_timeout", d))
 	}
 }
