@@ -117,18 +117,22 @@ func serving(h caddyhttp.MiddlewareHandler) string {
 
 // usesAuth reports whether a route's tree holds api_auth, or api_errors
 // with require_auth: it belongs to an API site.
-func usesAuth(r caddyhttp.Route) bool {
+func usesAuth(r caddyhttp.Route) bool { return holdsAPI(r, true) }
+
+// holdsAPI reports whether a route's tree holds api_auth or api_errors
+// (with require_auth, if guarded).
+func holdsAPI(r caddyhttp.Route, guarded bool) bool {
 	for _, h := range r.Handlers {
 		switch h := h.(type) {
 		case *apiauth.Handler:
 			return true
 		case *problem.Handler:
-			if h.RequireAuth {
+			if h.RequireAuth || !guarded {
 				return true
 			}
 		case *caddyhttp.Subroute:
 			for _, sub := range h.Routes {
-				if usesAuth(sub) {
+				if holdsAPI(sub, guarded) {
 					return true
 				}
 			}

@@ -8,9 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-
-	"github.com/restgate/restgate/modules/apiauth"
-	"github.com/restgate/restgate/modules/problem"
 )
 
 // defaultUpstreamTimeout is how long a backend of an API site may take to
@@ -39,7 +36,7 @@ func proxiesWithoutTimeout(app *caddyhttp.App) []proxyWithoutTimeout {
 			routes = append(routes[:len(routes):len(routes)], srv.Errors.Routes...)
 		}
 		for _, site := range routes {
-			if !inAPISite(site) {
+			if !holdsAPI(site, false) {
 				continue
 			}
 			eachProxy(site, nil, func(where []string, h *reverseproxy.Handler) {
@@ -51,23 +48,6 @@ func proxiesWithoutTimeout(app *caddyhttp.App) []proxyWithoutTimeout {
 		}
 	}
 	return out
-}
-
-// inAPISite reports whether a route's tree holds api_errors or api_auth.
-func inAPISite(r caddyhttp.Route) bool {
-	for _, h := range r.Handlers {
-		switch h := h.(type) {
-		case *apiauth.Handler, *problem.Handler:
-			return true
-		case *caddyhttp.Subroute:
-			for _, sub := range h.Routes {
-				if inAPISite(sub) {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }
 
 // eachProxy calls fn for every reverse_proxy in a route's tree.
