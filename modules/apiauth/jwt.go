@@ -490,8 +490,12 @@ func (h *Handler) verifyJWT(ctx context.Context, token string) (*key, error) {
 	}
 	k := newKey(id, user, iss.scopes(custom[iss.ScopeClaim]))
 	k.issuerAny = iss.Issuer
-	if !iss.SubjectsAreKeyUsers {
+	switch {
+	case !iss.SubjectsAreKeyUsers:
 		k.qualify(iss.Issuer)
+	case identity.ReservedUser(user):
+		// as a key user it would be another issuer's principal
+		return nil, h.refuseToken("a key user's name may not start with " + identity.TokenPrincipalPrefix)
 	}
 	expires := std.Expiry.Time().Add(time.Duration(iss.Leeway))
 	h.verified.cache.Add(sum, &verifiedToken{k: k, expires: expires, keys: iss.keys.Load(), issuer: iss})

@@ -475,6 +475,18 @@ func TestTokenPrincipals(t *testing.T) {
 	if p, iss := principal(optIn); p != "rita" || len(iss) != 0 {
 		t.Errorf("subjects_are_key_users: principal %q, X-Auth-Issuer %q; want the key user rita, no issuer header", p, iss)
 	}
+	// a subject that would be another issuer's principal is refused there,
+	// and is its own principal without the opt-in
+	impostor := mint(t, rsaSigner, with(claimsFor(is, "storage.read:/"), "sub", "jwt:https://other.example rita"), nil)
+	if _, _, err := serve(optIn, "GET", "Authorization", "Bearer "+impostor); statusOf(err) != 401 {
+		t.Errorf("subjects_are_key_users, sub jwt:…: %d, want 401", statusOf(err))
+	}
+	if seen, _, err = serve(h, "GET", "Authorization", "Bearer "+impostor); err != nil {
+		t.Fatalf("sub jwt:… without the opt-in: %v", err)
+	}
+	if p, _ := seen.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).GetString("http.auth.user.principal"); p != "jwt:"+is.srv.URL+" jwt:https://other.example rita" {
+		t.Errorf("sub jwt:… without the opt-in: principal %q", p)
+	}
 }
 
 func TestJWTConfigErrors(t *testing.T) {
