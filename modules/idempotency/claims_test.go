@@ -222,6 +222,7 @@ func TestQuotas(t *testing.T) {
 		who   string
 		n     int // records, keys who/0 … who/n-1
 		touch bool
+		pad   int // bytes added to each record
 	}
 	tests := []struct {
 		name            string
@@ -251,6 +252,11 @@ func TestQuotas(t *testing.T) {
 			want: map[string]string{"bob/0": "stored 201", "bob/1": "free", "bob/2": "stored 201", "alice/0": "stored 201", "alice/1": "stored 201"},
 		},
 		{
+			name: "a response alone larger than its fair share of a full store is kept discarded", maxBytes: 5 * recordSize, quota: 5 * recordSize,
+			puts: []put{{who: "bob", n: 2}, {who: "carol", n: 2}, {who: "alice", n: 1, pad: 2 * recordSize}},
+			want: map[string]string{"alice/0": "discarded 201", "bob/0": "stored 201", "bob/1": "stored 201", "carol/0": "stored 201", "carol/1": "stored 201"},
+		},
+		{
 			name: "a response larger than the quota is kept discarded", maxBytes: 4 * recordSize, quota: recordSize / 2,
 			puts: []put{{who: "alice", n: 1}},
 			want: map[string]string{"alice/0": "discarded 201"},
@@ -270,6 +276,7 @@ func TestQuotas(t *testing.T) {
 					c := mustBegin(t, s, clk, p.who, k)
 					rec := testRecord(clk.Now(), 201)
 					rec.Body = rec.Body[:len(rec.Body)-2*(len(k)-4)] // every record recordSize bytes
+					rec.Body = append(rec.Body, bytes.Repeat([]byte("x"), p.pad)...)
 					s.Complete(c, rec)
 				}
 			}

@@ -55,9 +55,10 @@ const (
 //   - the same key with a different request is a 422 problem;
 //   - a 5xx, 408, 425 or 429 response (and an error) is not stored: the
 //     key is released, and a retry runs again;
-//   - a response too large to keep (over MaxBody, or over the principal's
-//     quota) is remembered without its body: a retry is a 409 problem
-//     that gives its status, never a second execution.
+//   - a response too large to keep (over MaxBody, over the principal's
+//     quota, or alone over its fair share of a full store) is remembered
+//     without its body: a retry is a 409 problem that gives its status,
+//     never a second execution.
 //
 // Only the request that claimed a key can complete or release it: a claim
 // that expired while its request ran, and was claimed again, is stale, and

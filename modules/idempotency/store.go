@@ -112,7 +112,8 @@ type limits struct {
 // the most bytes goes: a principal is never evicted by another's traffic
 // while it holds no more than max_size ÷ (principals with records), its
 // fair share. The record just completed is never the one evicted; a record
-// larger than the quota is kept as a discarded record (status only).
+// larger than the quota, or alone larger than its principal's fair share
+// of a full store, is kept as a discarded record (status only).
 // Expired records are dropped as they are met.
 type memStore struct {
 	mu        sync.Mutex
@@ -219,8 +220,10 @@ func (s *memStore) Release(c *Claim) bool {
 
 // putDone adds h's completed record, then forgets h's own least recently
 // used records until h fits its quota, and the least recently used records
-// of the largest holders until the store fits its bound; never the record
-// just added. Callers hold s.mu.
+// of the largest holder until the store fits its bound. The record just
+// added is never forgotten: when it alone makes h the largest holder (it
+// is larger than h's fair share), it is kept discarded rather than push
+// out another's records. Callers hold s.mu.
 func (s *memStore) putDone(h *holder, key string, rec *Record) {
 	if h.done.Len() == 0 && h.inFlight == 0 {
 		s.who[h.name] = h // remove dropped it with its last entry
@@ -232,26 +235,27 @@ func (s *memStore) putDone(h *holder, key string, rec *Record) {
 	for h.bytes > s.lim.quota && h.done.Len() > 1 {
 		s.remove(h.done.Back().Value.(*memEntry))
 	}
-	for s.bytes > s.lim.maxBytes {
-		v := s.victim(h)
-		if v == nil {
-			return
+	for s.bytes > s.lim.maxBytes && len(s.largest) > 0 {
+		v := s.largest[0]
+		if v == h && h.done.Len() == 1 {
+			if !e.rec.Discarded {
+				d := e.rec.discard()
+				size := d.size(key)
+				s.account(h, size-e.size)
+				e.rec, e.size = d, size // nobody has seen it yet
+				continue
+			}
+			if v = s.next(); v == nil {
+				return
+			}
 		}
 		s.remove(v.done.Back().Value.(*memEntry))
 	}
 }
 
-// victim is the holder whose record goes when the store is over its bound:
-// the one holding the most bytes, unless that is h holding only the record
-// just added, then the next. Callers hold s.mu.
-func (s *memStore) victim(h *holder) *holder {
-	if len(s.largest) == 0 {
-		return nil
-	}
-	if top := s.largest[0]; top != h || h.done.Len() > 1 {
-		return top
-	}
-	var next *holder // the next largest is a child of the root
+// next is the second largest holder, a child of the root. Callers hold s.mu.
+func (s *memStore) next() *holder {
+	var next *holder
 	for _, i := range []int{1, 2} {
 		if i < len(s.largest) && (next == nil || s.largest[i].bytes > next.bytes) {
 			next = s.largest[i]
