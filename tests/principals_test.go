@@ -114,6 +114,25 @@ func readEcho(t *testing.T, r *Response) echoed {
 	return e
 }
 
+// rateRemaining is the `r` (what is left) of a zone's member of r's
+// RateLimit header.
+func rateRemaining(t *testing.T, r *Response, zone string) int64 {
+	t.Helper()
+	list, err := httpsfv.UnmarshalList(r.Header.Values("RateLimit"))
+	if err != nil {
+		t.Fatalf("RateLimit %q: %v", r.Header.Values("RateLimit"), err)
+	}
+	for _, m := range list {
+		if it, ok := m.(httpsfv.Item); ok && it.Value == zone {
+			left, _ := it.Params.Get("r")
+			n, _ := left.(int64)
+			return n
+		}
+	}
+	t.Fatalf("no %s member in RateLimit %q", zone, r.Header.Values("RateLimit"))
+	return 0
+}
+
 // TestPrincipalsDoNotCollide: the API-key user alice and the subject alice
 // of two token issuers are three principals. They share no cached answer,
 // no Idempotency-Key record, no rate-limit bucket and no owned secret; the
@@ -139,27 +158,13 @@ func TestPrincipalsDoNotCollide(t *testing.T) {
 
 	// rate limits: each principal's first request finds a full bucket
 	// (the key user spends a few first)
-	perUser := func(r *Response) int64 {
-		t.Helper()
-		list, err := httpsfv.UnmarshalList(r.Header.Values("RateLimit"))
-		if err != nil {
-			t.Fatalf("RateLimit %q: %v", r.Header.Values("RateLimit"), err)
-		}
-		for _, m := range list {
-			if it := m.(httpsfv.Item); it.Value == "per-user" {
-				rem, _ := it.Params.Get("r")
-				return rem.(int64)
-			}
-		}
-		t.Fatalf("no per-user member in RateLimit %q", r.Header.Values("RateLimit"))
-		return 0
-	}
 	for range 4 {
 		Do(t, c, "GET", g.URL("/v1/widgets/limit"), "", principals[0].auth...)
 	}
 	for _, p := range principals[1:] {
-		if r := Do(t, c, "GET", g.URL("/v1/widgets/limit"), "", p.auth...); r.StatusCode != 200 || perUser(r) != quota-1 {
-			t.Errorf("%s: first request %d, per-user r=%d, want %d: a bucket shared with another alice", p.name, r.StatusCode, perUser(r), quota-1)
+		r := Do(t, c, "GET", g.URL("/v1/widgets/limit"), "", p.auth...)
+		if left := rateRemaining(t, r, "per-user"); r.StatusCode != 200 || left != quota-1 {
+			t.Errorf("%s: first request %d, per-user r=%d, want %d: a bucket shared with another alice", p.name, r.StatusCode, left, quota-1)
 		}
 	}
 
