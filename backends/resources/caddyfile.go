@@ -27,10 +27,13 @@ import (
 //			cascade
 //			upsert
 //			owned
+//			cache_control <directives...>
 //			field <name> [<type>] [required] [write_only] [enum <values...>] [default <value>]
 //		}
 //	}
 //
+// `cache_control` takes the rest of the line (`cache_control private,
+// max-age=60`); default `no-cache`, `private, no-cache` when owned.
 // `enum` takes the rest of the line, so put it last (or after `default`).
 // Enum and default values are read as JSON when they parse as JSON and the
 // field is not a string, else as strings.
@@ -102,6 +105,12 @@ func parseCollection(d *caddyfile.Dispenser) (*Collection, error) {
 			if !d.AllArgs(&c.Parent) {
 				return nil, d.ArgErr()
 			}
+		case "cache_control":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			c.CacheControl = strings.Join(args, " ")
 		case "cascade", "upsert", "owned":
 			if d.NextArg() {
 				return nil, d.ArgErr()

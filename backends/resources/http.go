@@ -33,6 +33,7 @@ func unauthenticated() *problem.Problem {
 }
 
 func (h *Handler) serveCollection(w http.ResponseWriter, r *http.Request, t target) error {
+	w.Header().Set("Cache-Control", t.coll.CacheControl)
 	who := h.caller(r)
 	if t.coll.Owned && who.user == "" {
 		return h.fail(w, r, unauthenticated())
@@ -48,6 +49,7 @@ func (h *Handler) serveCollection(w http.ResponseWriter, r *http.Request, t targ
 }
 
 func (h *Handler) serveDocument(w http.ResponseWriter, r *http.Request, t target) error {
+	w.Header().Set("Cache-Control", t.coll.CacheControl)
 	who := h.caller(r)
 	if t.coll.Owned && who.user == "" {
 		return h.fail(w, r, unauthenticated())
@@ -207,14 +209,19 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, t target, who c
 		return h.fail(w, r, problem.New(http.StatusUnprocessableEntity, "the document cannot be stored: "+err.Error()))
 	}
 	now := h.now().UTC()
-	d := &Doc{Collection: c.Name, Parent: t.parentKey, Key: key, Body: body, Version: 1, Created: now}
+	owner := ""
 	if c.Owned {
-		d.Owner = who.user
+		owner = who.user
 	}
-	status := http.StatusCreated
+	// the store may run the transaction again: each run starts from the
+	// request alone, never from what an aborted run changed
+	var d *Doc
+	var status int
 	err = h.store.Update(r.Context(), func(tx Tx) error {
+		d = &Doc{Collection: c.Name, Parent: t.parentKey, Key: key, Body: body, Owner: owner, Version: 1, Created: now}
+		status = http.StatusCreated
 		if c.parent != nil {
-			if _, err := tx.Get(c.parent.Name, "", t.parentKey); err != nil {
+			if err := tx.Pin(c.parent.Name, "", t.parentKey); err != nil {
 				return notFoundOr(err, c.parent, t.parentKey)
 			}
 		}
@@ -232,7 +239,8 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, t target, who c
 		if httpcond.Evaluate(r, true, etagOf(cur), lastModified(cur)) == httpcond.Failed {
 			return preconditionFailed()
 		}
-		d.Owner, d.Version, d.Created, d.Modified = cur.Owner, cur.Version+1, cur.Created, now
+		d = &Doc{Collection: c.Name, Parent: t.parentKey, Key: key, Body: body, Owner: cur.Owner,
+			Version: cur.Version + 1, Created: cur.Created, Modified: now}
 		status = http.StatusOK
 		return tx.Replace(d)
 	})
@@ -470,6 +478,12 @@ func (h *Handler) storeFail(w http.ResponseWriter, r *http.Request, err error, c
 	case errors.As(err, &p):
 	case errors.Is(err, ErrNotFound):
 		p = notFound(c, key)
+	case errors.Is(err, ErrBusy):
+		h.logger.Warn("a write gave up on conflicting writes", zap.String("collection", c.Name),
+			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
+		w.Header().Set("Retry-After", "1")
+		p = problem.New(http.StatusServiceUnavailable, "this write conflicted with concurrent writes on every attempt and was not made; retry shortly")
+		p.Code = "store_busy"
 	case errors.Is(err, ErrUnavailable):
 		h.logger.Warn("the document store is unavailable", zap.String("collection", c.Name),
 			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))

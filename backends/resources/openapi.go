@@ -1,9 +1,7 @@
 package resources
 
 import (
-	"bytes"
 	"encoding/json"
-	"hash/fnv"
 	"net/http"
 	"slices"
 	"strconv"
@@ -22,38 +20,21 @@ func (h *Handler) serveOpenAPI(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", "GET, HEAD")
 		return h.fail(w, r, problem.New(http.StatusMethodNotAllowed, r.Method+" is not allowed here"))
 	}
-	server := serverURL(r)
-	etag := h.openapiETag[:len(h.openapiETag)-1] + "-" + strconv.FormatUint(fnvString(server), 36) + `"`
-	w.Header().Set("ETag", etag)
-	w.Header().Add("Vary", "Host")
-	if httpcond.Evaluate(r, true, etag, time.Time{}) == httpcond.NotModified {
+	// the document names no host (its server is relative), so one
+	// representation serves every Host and nothing varies on it
+	w.Header().Set("ETag", h.openapiETag)
+	w.Header().Set("Cache-Control", openAPICacheControl)
+	if httpcond.Evaluate(r, true, h.openapiETag, time.Time{}) == httpcond.NotModified {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
-	quoted, _ := json.Marshal(server)
-	writeJSON(w, r, http.StatusOK, bytes.Replace(h.openapi, []byte(serverPlaceholder), quoted, 1))
+	writeJSON(w, r, http.StatusOK, h.openapi)
 	return nil
 }
 
-// serverPlaceholder stands for the document's server URL, which is the
-// origin the request reached (so the document works on any host).
-const serverPlaceholder = `"restgate:server-url"`
-
-// serverURL is the origin a request reached: https when it came over TLS
-// (or a proxy said so), and its Host.
-func serverURL(r *http.Request) string {
-	scheme := "http"
-	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host
-}
-
-func fnvString(s string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(s))
-	return h.Sum64()
-}
+// openAPICacheControl: the document changes when the configuration does,
+// so a cache revalidates it (with its ETag) on every use.
+const openAPICacheControl = "no-cache"
 
 // openAPI builds an OpenAPI 3.1 document of the collections.
 func (h *Handler) openAPI() ([]byte, error) {
@@ -258,7 +239,9 @@ func (h *Handler) openAPI() ([]byte, error) {
 			"description": "Conventional REST collections behind the restgate gateway: API keys with scopes, rate limits (RateLimit headers), ETags with conditional requests, Idempotency-Key, and RFC 9457 problem details for every error.",
 			"contact":     obj{"name": "restgate", "url": "https://github.com/restgate/restgate"},
 			"license":     obj{"name": "See the repository", "url": "https://github.com/restgate/restgate"}},
-		"servers": []any{obj{"url": "restgate:server-url", "description": "the host this document was fetched from"}},
+		// relative: the origin this document is fetched from (OpenAPI 3.1
+		// §4.8.5), whatever Host or scheme reached it
+		"servers": []any{obj{"url": "/", "description": "the origin this document was fetched from"}},
 		"tags":    tagList,
 		"paths":   paths,
 		"components": obj{

@@ -28,7 +28,9 @@ import (
 // FOR UPDATE), so of two writers holding the same ETag, through the same
 // gateway or two, the second reads the first's result and fails its
 // precondition. A create is one INSERT … ON CONFLICT DO NOTHING: of two
-// creates of one key, one inserts and the other finds the row.
+// creates of one key, one inserts and the other finds the row. A child's
+// create pins its parent (SELECT … FOR KEY SHARE): creates under one
+// parent run side by side, and a delete of the parent waits for them.
 //
 // The password comes from the environment (PGPASSWORD) or a password file
 // (PGPASSFILE, ~/.pgpass), as libpq's do, or from the URL; the URL is never
@@ -274,19 +276,31 @@ func jsonFilterValue(v any, typ string) string {
 	return string(b)
 }
 
+// maxAttempts is how many times Update runs a transaction that PostgreSQL
+// aborts to resolve a deadlock or a serialization failure.
+const maxAttempts = 6
+
 // Update runs fn in a transaction; a deadlock or serialization failure
-// (which PostgreSQL resolves by aborting one side) runs it again.
+// (which PostgreSQL resolves by aborting one side) runs it again, up to
+// maxAttempts times, then fails with ErrBusy.
 func (s *pgStore) Update(ctx context.Context, fn func(Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var err error
+	for range maxAttempts {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			return fn(pgTx{ctx: ctx, tx: tx})
 		})
-		var pe *pgconn.PgError
-		if attempt < 5 && errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") {
-			continue
+		if !aborted(err) {
+			return unavailable(err)
 		}
-		return unavailable(err)
 	}
+	return fmt.Errorf("%w: %d attempts: %v", ErrBusy, maxAttempts, err)
+}
+
+// aborted reports a transaction PostgreSQL rolled back to let a concurrent
+// one finish: a deadlock (40P01) or a serialization failure (40001).
+func aborted(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 func (s *pgStore) Close() error {
@@ -302,6 +316,18 @@ type pgTx struct {
 // Get reads and locks the row until the transaction ends.
 func (t pgTx) Get(collection, parent, key string) (*Doc, error) {
 	return scanPgDoc(t.tx.QueryRow(t.ctx, `SELECT `+pgDocColumns+` FROM documents WHERE collection = $1 AND parent = $2 AND key = $3 FOR UPDATE`, collection, parent, key))
+}
+
+// Pin locks the row FOR KEY SHARE: a concurrent delete waits for this
+// transaction (and then finds its children), while other pins, and
+// updates that keep the key, do not.
+func (t pgTx) Pin(collection, parent, key string) error {
+	var one int
+	err := t.tx.QueryRow(t.ctx, `SELECT 1 FROM documents WHERE collection = $1 AND parent = $2 AND key = $3 FOR KEY SHARE`, collection, parent, key).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
 }
 
 func (t pgTx) Insert(d *Doc) error {
@@ -371,6 +397,11 @@ func pgTime(t time.Time) any {
 // ErrUnavailable wraps a failure to reach the database (as opposed to an
 // error the database raised about a statement): the handler answers 503.
 var ErrUnavailable = errors.New("the document store is unavailable")
+
+// ErrBusy wraps the last failure of a transaction that PostgreSQL aborted
+// on every attempt (deadlocks or serialization failures with concurrent
+// writes): nothing was written, and the handler answers 503.
+var ErrBusy = errors.New("the document store is busy with conflicting writes")
 
 func unavailable(err error) error {
 	if err == nil {

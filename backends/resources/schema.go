@@ -44,6 +44,16 @@ type Collection struct {
 	// they hold the admin scope.
 	Owned bool `json:"owned,omitempty"`
 
+	// The Cache-Control header of the collection's responses (documents,
+	// lists, and answers to writes; problems always carry `no-store`).
+	// Default: `no-cache` (a cache may store a response but must revalidate
+	// it with its ETag on every use, so no one is served a stale
+	// document), and `private, no-cache` for an owned collection, whose
+	// value must include `private` or `no-store` (each user's documents are
+	// for no shared cache). The gateway marks its responses to
+	// authenticated requests `private` as well.
+	CacheControl string `json:"cache_control,omitempty"`
+
 	fields   map[string]*Field
 	sortable map[string]string // query name → store field name (keyField for the key)
 	parent   *Collection
@@ -95,6 +105,9 @@ func (c *Collection) prepare() error {
 	if !identifier.MatchString(c.Key) {
 		return fmt.Errorf("collection %s: key %q: want letters, digits and _", c.Name, c.Key)
 	}
+	if err := c.prepareCacheControl(); err != nil {
+		return fmt.Errorf("collection %s: cache_control: %v", c.Name, err)
+	}
 	c.fields = make(map[string]*Field, len(c.Fields))
 	c.sortable = map[string]string{ // query name → store field name
 		c.Key:        keyField,
@@ -138,6 +151,45 @@ func (c *Collection) prepare() error {
 			c.sortable[f.Name] = f.Name
 		}
 	}
+	return nil
+}
+
+// Cache-Control defaults: every use revalidates (the documents carry
+// ETags), and an owned collection's documents stay out of shared caches.
+const (
+	defaultCacheControl = "no-cache"
+	ownedCacheControl   = "private, no-cache"
+)
+
+// cacheDirective is one Cache-Control directive (RFC 9111 §5.2): a token,
+// optionally = a token or a quoted string.
+var cacheDirective = regexp.MustCompile(`^[!#$%&'*+.^_|~0-9A-Za-z` + "`" + `-]+(=([!#$%&'*+.^_|~0-9A-Za-z` + "`" + `-]+|"[^"\\\x00-\x1f\x7f]*"))?$`)
+
+// prepareCacheControl sets the default Cache-Control, or checks and
+// normalises the configured one.
+func (c *Collection) prepareCacheControl() error {
+	if strings.TrimSpace(c.CacheControl) == "" {
+		c.CacheControl = defaultCacheControl
+		if c.Owned {
+			c.CacheControl = ownedCacheControl
+		}
+		return nil
+	}
+	var directives []string
+	private := false
+	for _, d := range strings.Split(c.CacheControl, ",") {
+		d = strings.TrimSpace(d)
+		if !cacheDirective.MatchString(d) {
+			return fmt.Errorf("%q is not a Cache-Control directive", d)
+		}
+		name, _, _ := strings.Cut(strings.ToLower(d), "=")
+		private = private || name == "private" || name == "no-store"
+		directives = append(directives, d)
+	}
+	if c.Owned && !private {
+		return fmt.Errorf("%q: an owned collection's documents belong to their users: include private (or no-store)", c.CacheControl)
+	}
+	c.CacheControl = strings.Join(directives, ", ")
 	return nil
 }
 

@@ -60,6 +60,11 @@ type Order struct {
 
 // Store keeps documents. Update runs fn in one serialised read-write
 // transaction: everything fn reads and writes commits together or not at all.
+// fn may run more than once (PostgreSQL aborts one side of a deadlock or a
+// serialization failure, and Update runs it again): each run must build
+// what it writes from its inputs and what it reads in tx, and set anew any
+// result the caller reads afterwards, never carry one run's changes into
+// the next.
 type Store interface {
 	Get(ctx context.Context, collection, parent, key string) (*Doc, error)
 	List(ctx context.Context, q ListQuery) (docs []*Doc, total int, err error)
@@ -69,7 +74,13 @@ type Store interface {
 
 // Tx is the view of the store inside Update.
 type Tx interface {
+	// Get reads a document and keeps others from changing it until the
+	// transaction ends.
 	Get(collection, parent, key string) (*Doc, error)
+	// Pin checks that a document exists (ErrNotFound if not) and keeps it
+	// from being deleted until the transaction ends, without keeping
+	// others from pinning it too: the parent of a child being created.
+	Pin(collection, parent, key string) error
 	Insert(d *Doc) error
 	Replace(d *Doc) error
 	Delete(collection, parent, key string) error
@@ -258,6 +269,12 @@ type sqliteTx struct{ tx *sql.Tx }
 func (t sqliteTx) Get(collection, parent, key string) (*Doc, error) {
 	row := t.tx.QueryRow(`SELECT `+docColumns+` FROM documents WHERE collection = ? AND parent = ? AND key = ?`, collection, parent, key)
 	return scanDoc(row)
+}
+
+// Pin is Get without the document: SQLite runs one writer at a time.
+func (t sqliteTx) Pin(collection, parent, key string) error {
+	_, err := t.Get(collection, parent, key)
+	return err
 }
 
 func (t sqliteTx) Insert(d *Doc) error {
