@@ -2,6 +2,7 @@ package instance
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -163,6 +164,7 @@ func describe(sets caddyhttp.MatcherSets) string {
 				parts = append(parts, fmt.Sprintf("%T", m))
 			}
 		}
+		slices.Sort(parts) // a set's matchers come from a JSON object: no order of their own
 		alts = append(alts, strings.Join(parts, " "))
 	}
 	return strings.Join(alts, " or ")
