@@ -479,23 +479,28 @@ func (h *Handler) storeFail(w http.ResponseWriter, r *http.Request, err error, c
 	case errors.Is(err, ErrNotFound):
 		p = notFound(c, key)
 	case errors.Is(err, ErrBusy):
-		h.logger.Warn("a write gave up on conflicting writes", zap.String("collection", c.Name),
-			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
-		w.Header().Set("Retry-After", "1")
-		p = problem.New(http.StatusServiceUnavailable, "this write conflicted with concurrent writes on every attempt and was not made; retry shortly")
-		p.Code = "store_busy"
+		p = h.retryLater(w, r, err, c, "store_busy", "a write gave up on conflicting writes",
+			"this write conflicted with concurrent writes on every attempt and was not made; retry shortly")
 	case errors.Is(err, ErrUnavailable):
-		h.logger.Warn("the document store is unavailable", zap.String("collection", c.Name),
-			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
-		w.Header().Set("Retry-After", "1")
-		p = problem.New(http.StatusServiceUnavailable, "the document store cannot be reached right now; nothing was changed by this request unless a later read shows it; retry shortly")
-		p.Code = "store_unavailable"
+		p = h.retryLater(w, r, err, c, "store_unavailable", "the document store is unavailable",
+			"the document store cannot be reached right now; nothing was changed by this request unless a later read shows it; retry shortly")
 	default:
 		h.logger.Error("resource store error", zap.String("collection", c.Name),
 			zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
 		p = problem.New(http.StatusInternalServerError, "the document store failed; quote the request_id when you report it")
 	}
 	return h.fail(w, r, p)
+}
+
+// retryLater logs why the store could not answer and returns the 503
+// problem, with Retry-After, that a client retries shortly.
+func (h *Handler) retryLater(w http.ResponseWriter, r *http.Request, err error, c *Collection, code, why, detail string) *problem.Problem {
+	h.logger.Warn(why, zap.String("collection", c.Name),
+		zap.String("request_id", problem.RequestIDFromRequest(r)), zap.Error(err))
+	w.Header().Set("Retry-After", "1")
+	p := problem.New(http.StatusServiceUnavailable, detail)
+	p.Code = code
+	return p
 }
 
 func notFoundOr(err error, c *Collection, key string) error {
