@@ -90,8 +90,49 @@ var sites = func() []struct{ host, handlers string } {
 		out = append(out, struct{ host, handlers string }{c.host, handlers})
 	}
 	cache := strings.TrimSuffix(handlers, chain[len(chain)-1].handler) + "api_etag {\n cache\n}\n"
-	return append(out, struct{ host, handlers string }{"cache", cache})
+	return append(out, struct{ host, handlers string }{"cache", cache},
+		struct{ host, handlers string }{"default", defaultChain})
 }()
+
+// defaultChain is the default Caddyfile's chain as shipped: its access log
+// (to a file, through api_redact), the request id appended to every line,
+// HSTS, api_errors with require_auth, api_cors, both limits, api_auth,
+// api_idempotency and api_etag's cache ({log} is the log file's path).
+const defaultChain = `log {
+ output file {log}
+ format filter {
+  wrap json
+  fields {
+   request>headers api_redact
+   request>uri api_redact
+  }
+ }
+}
+log_append request_id {http.request.header.X-Request-Id}
+header Strict-Transport-Security "max-age=31536000"
+api_errors {
+ require_auth
+}
+api_cors {
+ origins http://localhost:3000 http://localhost:5173
+}
+api_rate_limit_ip {
+ zone per-ip 1000000000/1s
+}
+api_auth {
+ keys_file {keys}
+ no_env
+}
+api_rate_limit {
+ zone per-user 1000000000/1s
+}
+api_idempotency
+api_etag {
+ cache {
+  max_size 64MiB
+ }
+}
+`
 
 const keyCount = 10_000
 
@@ -150,7 +191,7 @@ func start() (*caddyhttp.Server, error) {
 	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
 	for _, s := range sites {
 		fmt.Fprintf(&cf, "http://%s.test:%d {\n%sreverse_proxy 127.0.0.1:1 {\n transport bench_memory\n}\n}\n",
-			s.host, port, strings.ReplaceAll(s.handlers, "{keys}", keysFile))
+			s.host, port, strings.NewReplacer("{keys}", keysFile, "{log}", filepath.Join(dir, "access.log")).Replace(s.handlers))
 	}
 	fmt.Fprintf(&cf, "http://respond.test:%d {\nheader Content-Type application/json\nrespond `%s` 200\n}\n", port, doc)
 
@@ -225,6 +266,7 @@ func serve(tb testing.TB, srv *caddyhttp.Server, host, path string) *discard {
 // document, with the headers of the handlers it adds.
 func TestSites(t *testing.T) {
 	srv := load(t)
+	logged, _ := os.ReadFile(filepath.Join(dir, "access.log"))
 	for _, tc := range []struct {
 		host, path string
 		want       []string // headers the site's handlers add
@@ -235,6 +277,8 @@ func TestSites(t *testing.T) {
 		{"ip", "/doc", []string{"X-Request-Id", "Ratelimit"}, []string{"Etag"}},
 		{"full", "/doc", []string{"X-Request-Id", "Ratelimit", "Etag"}, []string{"Cache-Status"}},
 		{"cache", "/cached", []string{"X-Request-Id", "Ratelimit", "Etag", "Cache-Status"}, nil},
+		{"default", "/doc", []string{"X-Request-Id", "Ratelimit", "Etag", "Strict-Transport-Security", "Vary"}, nil},
+		{"default", "/cached", []string{"X-Request-Id", "Ratelimit", "Etag", "Strict-Transport-Security", "Cache-Status"}, nil},
 		{"respond", "/doc", nil, []string{"X-Request-Id"}},
 	} {
 		w := serve(t, srv, tc.host, tc.path)
@@ -249,16 +293,32 @@ func TestSites(t *testing.T) {
 			}
 		}
 	}
-	// the cache site answers a repeat from the cache
-	if got := serve(t, srv, "cache", "/cached").header.Get("Cache-Status"); got != "restgate; hit" {
-		t.Errorf("cache: Cache-Status %q on a repeat, want a hit", got)
+	// the cache sites answer a repeat from the cache
+	for _, host := range []string{"cache", "default"} {
+		if got := serve(t, srv, host, "/cached").header.Get("Cache-Status"); got != "restgate; hit" {
+			t.Errorf("%s: Cache-Status %q on a repeat, want a hit", host, got)
+		}
+	}
+	// the default site's access log has a line per request, the key redacted
+	log, err := os.ReadFile(filepath.Join(dir, "access.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log = log[len(logged):]
+	if n := bytes.Count(log, []byte("\n")); n != 3 {
+		t.Errorf("access log: %d lines, want 3 (one per request to the default site):\n%s", n, log)
+	}
+	if bytes.Contains(log, []byte("rg_bench_key_0")) || !bytes.Contains(log, []byte(`"request_id":`)) {
+		t.Errorf("access log: the key is not redacted or the request id is missing:\n%s", log)
 	}
 }
 
 // BenchmarkChain is one request through each site; sub-benchmarks are
 // named by the last handler the site adds (bare: reverse_proxy alone;
 // full: the default chain on a cache miss; cache_hit: the same chain with
-// the cache answering; respond: Caddy's own static response).
+// the cache answering; default_miss and default_hit: the default
+// Caddyfile's chain as shipped, access log and HSTS included, on a miss and
+// on a cache hit; respond: Caddy's own static response).
 func BenchmarkChain(b *testing.B) {
 	srv := load(b)
 	for _, tc := range []struct{ name, host, path string }{
@@ -269,6 +329,8 @@ func BenchmarkChain(b *testing.B) {
 		{"user_limit", "user", "/doc"},
 		{"full", "full", "/doc"},
 		{"cache_hit", "cache", "/cached"},
+		{"default_miss", "default", "/doc"},
+		{"default_hit", "default", "/cached"},
 		{"respond", "respond", "/doc"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
