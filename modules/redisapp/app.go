@@ -22,7 +22,11 @@
 // A dead Redis is not called on every request: after a failure the circuit
 // opens for circuit_open, during which calls fail at once (and each module
 // applies its on_error policy); then one call is let through to try again.
-// Opening and closing are logged once each.
+// Opening and closing are logged once each. Each purpose (Purpose) has its
+// own circuit, so that rate-limit timeouts never stop a lock from being
+// taken or an invalidation from being published, and the background work
+// that must reach Redis eventually (releasing and extending locks,
+// re-sending failed publishes) has none: it retries on its own schedule.
 package redisapp
 
 import (
@@ -85,8 +89,8 @@ type conn struct {
 	client  *redis.Client
 	prefix  string
 	timeout time.Duration
-	circuit *circuit
-	bus     *bus
+	circuits map[Purpose]*circuit
+	bus      *bus
 	batch   *batcher
 }
 
@@ -167,9 +171,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 			client:  client,
 			prefix:  a.KeyPrefix,
 			timeout: time.Duration(a.Timeout),
-			circuit: newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address),
+			circuits: map[Purpose]*circuit{},
 		}
-		c.bus = newBus(client, a.KeyPrefix+"events", logger.Named("bus"), c.circuit)
+		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish} {
+			c.circuits[p] = newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address, p)
+		}
+		c.bus = newBus(c, a.KeyPrefix+"events", logger.Named("bus"))
 		c.batch = newBatcher(c)
 		return c, nil
 	})
@@ -212,25 +219,62 @@ func (a *App) Client() *redis.Client { return a.conn.client }
 // Key is the prefixed name of a key.
 func (a *App) Key(name string) string { return a.conn.prefix + name }
 
-// Do runs fn with the command timeout, unless the circuit is open (then it
-// returns ErrUnavailable at once). A failure of fn opens the circuit.
+// Purpose names what a call is for; each purpose has its own circuit.
+type Purpose string
+
+const (
+	PurposeDefault   Purpose = "default"    // Do
+	PurposeRateLimit Purpose = "rate_limit" // RunScript
+	PurposeLock      Purpose = "lock"       // taking a shared lock
+	PurposePublish   Purpose = "publish"    // Publish
+	// PurposeBackground is work that must reach Redis eventually and
+	// retries on its own (releasing and extending locks): no circuit.
+	PurposeBackground Purpose = "background"
+)
+
+// Do runs fn with the command timeout, unless the default circuit is open
+// (then it returns ErrUnavailable at once). See DoFor.
 func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
-	return a.conn.do(ctx, fn)
+	return a.conn.do(ctx, PurposeDefault, fn)
 }
 
-func (c *conn) do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
-	if !c.circuit.allow() {
-		return ErrUnavailable
+// DoFor runs fn with the command timeout, unless purpose's circuit is open
+// (then it returns ErrUnavailable at once). A call that Redis did not
+// answer opens that circuit; an error reply (redis.Nil, a script error) is
+// an answer; a call whose ctx was cancelled counts for nothing.
+func (a *App) DoFor(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c *redis.Client) error) error {
+	return a.conn.do(ctx, purpose, fn)
+}
+
+func (c *conn) do(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c *redis.Client) error) error {
+	cb := c.circuits[purpose] // nil: no circuit (PurposeBackground)
+	probe := false
+	if cb != nil {
+		var ok bool
+		if ok, probe = cb.allow(); !ok {
+			return ErrUnavailable
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	err := fn(ctx, c.client)
-	if err != nil && !errors.Is(err, redis.Nil) && ctx.Err() != context.Canceled {
-		c.circuit.failed(err)
+	err := fn(cctx, c.client)
+	switch {
+	case err == nil || errors.Is(err, redis.Nil) || isReply(err):
+		if cb != nil {
+			cb.succeeded(probe)
+		}
+		return err
+	case ctx.Err() == context.Canceled:
+		if cb != nil {
+			cb.abandoned(probe)
+		}
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	default:
+		if cb != nil {
+			cb.failed(probe, err)
+		}
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	c.circuit.succeeded()
-	return err
 }
 
 // RunScript runs a script as Do would (circuit, timeout), in a pipeline
@@ -241,15 +285,25 @@ func (a *App) RunScript(ctx context.Context, s *redis.Script, keys []string, arg
 	return a.conn.batch.run(ctx, s, keys, args)
 }
 
-// RetryIn is how long until the circuit lets a call through again (zero
-// when closed): a Retry-After for those who fail closed.
-func (a *App) RetryIn() time.Duration { return a.conn.circuit.retryIn() }
+// RetryIn is how long until the rate-limit circuit (RunScript's) lets a
+// call through again (zero when closed): a Retry-After for those who fail
+// closed.
+func (a *App) RetryIn() time.Duration { return a.RetryInFor(PurposeRateLimit) }
+
+// RetryInFor is RetryIn for purpose's circuit.
+func (a *App) RetryInFor(purpose Purpose) time.Duration {
+	if cb := a.conn.circuits[purpose]; cb != nil {
+		return cb.retryIn()
+	}
+	return 0
+}
 
 // Publish sends an event to every gateway's subscribers (this one's too).
+// An event that could not be sent is sent again in the background until
+// Redis takes it (see bus), so it reaches the other gateways late rather
+// than never; the error says that it was late.
 func (a *App) Publish(ctx context.Context, topic, payload string) error {
-	return a.Do(ctx, func(ctx context.Context, c *redis.Client) error {
-		return c.Publish(ctx, a.conn.bus.channel, a.conn.bus.encode(topic, payload)).Err()
-	})
+	return a.conn.bus.publish(ctx, topic, payload)
 }
 
 // Subscribe calls onEvent for each event on topic from another gateway,

@@ -115,7 +115,7 @@ func (b *batcher) work() {
 func (b *batcher) exec(batch []*scriptCall) {
 	b.batches.Add(1)
 	b.batched.Add(int64(len(batch)))
-	err := b.conn.do(context.Background(), func(ctx context.Context, c *redis.Client) error {
+	err := b.conn.do(context.Background(), PurposeRateLimit, func(ctx context.Context, c *redis.Client) error {
 		return pipelineScripts(ctx, c, batch)
 	})
 	for _, call := range batch {

@@ -1,14 +1,17 @@
 package redisapp
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -21,38 +24,39 @@ import (
 func TestCircuit(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	clock := testclock.New(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), time.Millisecond)
-	c := newCircuit(5*time.Second, zap.New(core), "127.0.0.1:6379")
+	c := newCircuit(5*time.Second, zap.New(core), "127.0.0.1:6379", PurposeLock)
 	c.now = clock.Now
-	if !c.allow() {
+	allow := func() bool { ok, _ := c.allow(); return ok }
+	if !allow() {
 		t.Fatal("a closed circuit refused a call")
 	}
 	for range 100 {
-		c.failed(errors.New("connection refused"))
+		c.failed(false, errors.New("connection refused"))
 	}
-	if c.allow() {
+	if allow() {
 		t.Fatal("an open circuit let a call through")
 	}
 	if r := c.retryIn(); r <= 4*time.Second || r > 5*time.Second {
 		t.Errorf("retryIn = %v, want just under 5s", r)
 	}
 	clock.Add(5 * time.Second)
-	if !c.allow() {
+	if ok, probe := c.allow(); !ok || !probe {
 		t.Fatal("no probe after openFor")
 	}
-	if c.allow() {
+	if allow() {
 		t.Fatal("a second call while the probe is out")
 	}
-	c.failed(errors.New("still down"))
-	if c.allow() {
+	c.failed(true, errors.New("still down"))
+	if allow() {
 		t.Fatal("a failed probe did not reopen the circuit")
 	}
 	clock.Add(5 * time.Second)
-	if !c.allow() {
+	if ok, probe := c.allow(); !ok || !probe {
 		t.Fatal("no second probe")
 	}
-	c.succeeded()
+	c.succeeded(true)
 	for range 10 {
-		if !c.allow() {
+		if !allow() {
 			t.Fatal("a closed circuit refused a call")
 		}
 	}
@@ -61,6 +65,74 @@ func TestCircuit(t *testing.T) {
 	}
 	if n := logs.FilterMessageSnippet("reachable again").Len(); n != 1 {
 		t.Errorf("the recovery was logged %d times, want once", n)
+	}
+}
+
+// TestCircuitStragglersAndCancels: a call let through before the circuit
+// opened cannot close it by succeeding late, nor push the retry out by
+// failing late; a probe whose caller hung up counts for nothing (the
+// circuit stays open and the next call probes).
+func TestCircuitStragglersAndCancels(t *testing.T) {
+	clock := testclock.New(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), time.Millisecond)
+	c := newCircuit(5*time.Second, zap.NewNop(), "127.0.0.1:6379", PurposeRateLimit)
+	c.now = clock.Now
+	_, early := c.allow() // a call in flight when the circuit opens
+	c.failed(false, errors.New("i/o timeout"))
+	c.succeeded(early)
+	if ok, _ := c.allow(); ok {
+		t.Fatal("a call that began before the circuit opened closed it by succeeding")
+	}
+	clock.Add(3 * time.Second)
+	c.failed(early, errors.New("i/o timeout"))
+	if r := c.retryIn(); r > 2*time.Second {
+		t.Errorf("a straggler's failure pushed the retry out to %v", r)
+	}
+	clock.Add(2 * time.Second)
+	ok, probe := c.allow()
+	if !ok || !probe {
+		t.Fatal("no probe after openFor")
+	}
+	c.abandoned(probe) // the client hung up
+	if ok, _ := c.allow(); !ok {
+		t.Fatal("a cancelled probe blocked the next one")
+	}
+	if !c.isOpen.Load() {
+		t.Fatal("a cancelled probe closed the circuit")
+	}
+}
+
+// TestPurposesFailApart: a rate-limit timeout opens the rate-limit circuit
+// only: locks and publishes are still let through, and background work
+// has no circuit at all. A call cancelled by its caller opens nothing.
+func TestPurposesFailApart(t *testing.T) {
+	a, err := Connect(App{Address: "127.0.0.1:1", Timeout: caddy.Duration(50 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	fail := func(ctx context.Context, _ *redis.Client) error { return errors.New("i/o timeout") }
+	_ = a.DoFor(context.Background(), PurposeRateLimit, fail)
+	if !errors.Is(a.DoFor(context.Background(), PurposeRateLimit, nil), ErrUnavailable) {
+		t.Fatal("the rate-limit circuit did not open")
+	}
+	for _, p := range []Purpose{PurposeLock, PurposePublish, PurposeDefault, PurposeBackground} {
+		called := false
+		_ = a.DoFor(context.Background(), p, func(context.Context, *redis.Client) error { called = true; return nil })
+		if !called {
+			t.Errorf("%s: refused by the rate-limit circuit", p)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = a.DoFor(ctx, PurposeLock, func(ctx context.Context, _ *redis.Client) error { return ctx.Err() })
+	if a.RetryInFor(PurposeLock) != 0 {
+		t.Error("a cancelled call opened the lock circuit")
+	}
+	for range 3 {
+		_ = a.DoFor(context.Background(), PurposeBackground, fail)
+	}
+	if a.DoFor(context.Background(), PurposeBackground, func(context.Context, *redis.Client) error { return nil }) != nil {
+		t.Error("background calls were refused after failures")
 	}
 }
 
