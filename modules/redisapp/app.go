@@ -86,12 +86,12 @@ type App struct {
 // conn is what a configuration's modules use; it outlives reloads that do
 // not change the connection settings (a UsagePool entry).
 type conn struct {
-	client  *redis.Client
-	prefix  string
-	timeout time.Duration
+	client   *redis.Client
+	prefix   string
+	timeout  time.Duration
 	circuits map[Purpose]*circuit
 	bus      *bus
-	batch   *batcher
+	batch    *batcher
 }
 
 func (c *conn) Destruct() error {
@@ -168,9 +168,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			ContextTimeoutEnabled: true,
 		})
 		c := &conn{
-			client:  client,
-			prefix:  a.KeyPrefix,
-			timeout: time.Duration(a.Timeout),
+			client:   client,
+			prefix:   a.KeyPrefix,
+			timeout:  time.Duration(a.Timeout),
 			circuits: map[Purpose]*circuit{},
 		}
 		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish} {
