@@ -218,9 +218,8 @@ func TestUpstreamTimeoutByDefault(t *testing.T) {
 	}
 
 	# The resource collections, served in-process`, 1)
-	const dataDir = "\trestgate {\n\t\tdata_dir {$RESTGATE_DATA:./data}\n"
-	if !strings.Contains(cfg, "handle /v1/hung*") || !strings.Contains(cfg, dataDir) {
-		t.Fatal("the default Caddyfile changed: no place for the service or the option")
+	if !strings.Contains(cfg, "handle /v1/hung*") || !strings.Contains(cfg, "\t\tupstream_timeout {$RESTGATE_UPSTREAM_TIMEOUT:30s}\n") {
+		t.Fatal("the default Caddyfile changed: no place for the service, or no upstream_timeout from RESTGATE_UPSTREAM_TIMEOUT")
 	}
 
 	// the default, seen at load time
@@ -229,7 +228,8 @@ func TestUpstreamTimeoutByDefault(t *testing.T) {
 		t.Fatalf("validate (%v) does not report the default timeout for the one proxy without one:\n%s", err, out)
 	}
 
-	g := StartGateway(t, strings.Replace(cfg, dataDir, dataDir+"\t\tupstream_timeout 1s\n", 1), Options{})
+	// the default Caddyfile sets upstream_timeout from the variable
+	g := StartGateway(t, cfg, Options{Env: map[string]string{"RESTGATE_UPSTREAM_TIMEOUT": "1s"}})
 	c := g.Client()
 	start := time.Now()
 	r, err := Send(c, "GET", g.URL("/v1/hung"), "", bearer("tester")...)
