@@ -21,6 +21,7 @@ import (
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/httpcond"
 	"github.com/restgate/restgate/modules/problem"
+	"github.com/restgate/restgate/modules/redisapp"
 )
 
 // serveWrite handles every unsafe method: a conditional PUT, PATCH or
@@ -56,9 +57,9 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	// next runs up to three times: each run starts from the route groups
 	// matched so far, as the first would
 	groups := snapshotRouteGroups(r)
-	unlock, err := h.locks.lock(r.Context(), canon.ResourceKey(r), time.Duration(h.LockTimeout))
+	unlock, lost, err := lockWithLoss(h.locks, r.Context(), canon.ResourceKey(r), time.Duration(h.LockTimeout))
 	if errors.Is(err, errLockUnavailable) {
-		if retry := h.redis.RetryIn(); retry > 0 {
+		if retry := h.redis.RetryInFor(redisapp.PurposeLock); retry > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
 		}
 		return problem.Error(http.StatusServiceUnavailable, "lock_unavailable",
@@ -92,6 +93,10 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 		delete(r.Header, "If-Match")
 		delete(r.Header, "If-None-Match")
 		delete(r.Header, "If-Unmodified-Since")
+	}
+	if lost() {
+		return problem.Error(http.StatusServiceUnavailable, "lock_lost",
+			"the gateway lost its hold on this resource's shared lock before writing, so nothing was changed; retry shortly")
 	}
 	hw := hold.Get(w, h.MaxBody, hold.Stream, heldWrite(r.Method))
 	defer hold.Put(hw)
