@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 
@@ -15,6 +16,7 @@ import (
 //	resources [<matcher>] {
 //		database      <path>
 //		durability    full|normal
+//		store_timeout <duration>
 //		prefix        <path>
 //		max_body      <size>
 //		user_header   <header>
@@ -46,6 +48,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			ok = d.AllArgs(&h.Database)
 		case "durability":
 			ok = d.AllArgs(&h.Durability)
+		case "store_timeout":
+			var s string
+			if ok = d.AllArgs(&s); ok {
+				dur, err := caddy.ParseDuration(s)
+				if err != nil || dur <= 0 {
+					return d.Errf("store_timeout: invalid duration '%s' (use a Go duration such as 5s or 500ms)", s)
+				}
+				h.StoreTimeout = caddy.Duration(dur)
+			}
 		case "prefix":
 			ok = d.AllArgs(&h.Prefix)
 		case "user_header":

@@ -35,8 +35,15 @@ import (
 // The password comes from the environment (PGPASSWORD) or a password file
 // (PGPASSFILE, ~/.pgpass), as libpq's do, or from the URL; the URL is never
 // logged with it.
+//
+// Every call has a deadline (timeout: store_timeout) over acquiring a
+// connection, connecting and its statements. A statement past it makes
+// pgx close its connection, which the pool then drops: a server that froze
+// mid-answer leaves no connection stuck in a read, and the pool serves
+// again, with fresh connections, as soon as the server answers.
 type pgStore struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	timeout time.Duration
 	// the declared types of each collection's sortable fields, which pick
 	// the SQL expression a field sorts and filters by
 	mu    sync.RWMutex
@@ -80,21 +87,23 @@ func redactURL(s string) string {
 }
 
 // openPostgres connects and creates or upgrades the schema under the
-// migration lock.
-func openPostgres(ctx context.Context, url string) (*pgStore, error) {
+// migration lock; timeout is every later call's deadline.
+func openPostgres(ctx context.Context, url string, timeout time.Duration) (*pgStore, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx's message may quote the URL, password included
 		return nil, errors.New("the PostgreSQL URL cannot be parsed (postgres://user@host:port/database?sslmode=...)")
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
-		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+		// the pool connects in the background of a call, past the call's
+		// deadline: bound it too
+		cfg.ConnConfig.ConnectTimeout = timeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &pgStore{pool: pool, types: map[string]map[string]string{}}
+	s := &pgStore{pool: pool, timeout: timeout, types: map[string]map[string]string{}}
 	if err := s.migrate(ctx, func(ctx context.Context, c *pgxpool.Conn) error {
 		_, err := c.Exec(ctx, pgSchema)
 		return err
@@ -193,12 +202,21 @@ func (s *pgStore) fieldType(collection, field string) string {
 
 const pgDocColumns = `collection, parent, key, doc, owner, version, created_at, modified_at`
 
+// deadline bounds one store call.
+func (s *pgStore) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
 func (s *pgStore) Get(ctx context.Context, collection, parent, key string) (*Doc, error) {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	d, err := scanPgDoc(s.pool.QueryRow(ctx, `SELECT `+pgDocColumns+` FROM documents WHERE collection = $1 AND parent = $2 AND key = $3`, collection, parent, key))
 	return d, unavailable(err)
 }
 
 func (s *pgStore) List(ctx context.Context, q ListQuery) ([]*Doc, int, error) {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	where := []string{"collection = $1", "parent = $2"}
 	args := []any{q.Collection, q.Parent}
 	arg := func(v any) string {
@@ -284,6 +302,8 @@ const maxAttempts = 6
 // (which PostgreSQL resolves by aborting one side) runs it again, up to
 // maxAttempts times, then fails with ErrBusy.
 func (s *pgStore) Update(ctx context.Context, fn func(Tx) error) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	var err error
 	for range maxAttempts {
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -418,7 +438,8 @@ func unavailable(err error) error {
 		return err
 	}
 	var ne net.Error
-	if errors.As(err, new(*pgconn.ConnectError)) || errors.As(err, &ne) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
+	if errors.Is(err, context.DeadlineExceeded) || // the call's deadline passed: no answer in time
+		errors.As(err, new(*pgconn.ConnectError)) || errors.As(err, &ne) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
 		strings.Contains(err.Error(), "conn closed") {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)

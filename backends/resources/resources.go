@@ -59,6 +59,16 @@ type Handler struct {
 	// the machine. (PostgreSQL's durability is its own configuration.)
 	Durability string `json:"durability,omitempty"`
 
+	// PostgreSQL only. The deadline of every store call: connecting,
+	// waiting for a pooled connection and every statement of the call
+	// (a write's whole transaction, retries included). A call past it is
+	// answered 503 with Retry-After, as a database that is down, and its
+	// connection is discarded, so that a server that stopped answering (frozen,
+	// or behind a partition) holds no request longer than this, and the pool
+	// recovers by itself once it answers again. A `connect_timeout` in the URL
+	// bounds connecting instead. Default: 5s.
+	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
+
 	// The URL prefix of the collections. Default: `/v1`.
 	Prefix string `json:"prefix,omitempty"`
 
@@ -102,9 +112,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 const (
-	defaultMaxBody = 1 << 20
-	defaultLimit   = 10
-	maxLimit       = 100
+	defaultMaxBody      = 1 << 20
+	defaultStoreTimeout = 5 * time.Second
+	defaultLimit        = 10
+	maxLimit            = 100
 )
 
 // Provision sets defaults, checks the collections and opens the store.
@@ -118,6 +129,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Durability == "" {
 		h.Durability = DurabilityFull
+	}
+	if h.StoreTimeout == 0 {
+		h.StoreTimeout = caddy.Duration(defaultStoreTimeout)
 	}
 	if h.Prefix == "" {
 		h.Prefix = "/v1"
@@ -164,10 +178,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // openStore opens the handler's database, or shares it with the handlers
 // (and earlier configurations) that already have it open: a SQLite file by
-// its absolute path, a PostgreSQL database by its URL.
+// its absolute path, a PostgreSQL database by its URL and store_timeout
+// (a pool's deadline is its own).
 func (h *Handler) openStore(ctx caddy.Context) (pooledStore, error) {
 	key, name := h.Database, redactURL(h.Database)
-	if !isPostgresURL(h.Database) {
+	if isPostgresURL(h.Database) {
+		key += "\x00" + time.Duration(h.StoreTimeout).String()
+	} else {
 		path, err := filepath.Abs(h.Database)
 		if err != nil {
 			return pooledStore{}, err
@@ -177,7 +194,7 @@ func (h *Handler) openStore(ctx caddy.Context) (pooledStore, error) {
 	h.poolKey = key
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		if isPostgresURL(key) {
-			s, err := openPostgres(ctx, key)
+			s, err := openPostgres(ctx, h.Database, time.Duration(h.StoreTimeout))
 			if err != nil {
 				return nil, err
 			}
@@ -238,6 +255,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body must not be negative")
+	}
+	if h.StoreTimeout < 0 {
+		return fmt.Errorf("store_timeout must not be negative")
 	}
 	return nil
 }

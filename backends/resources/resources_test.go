@@ -750,7 +750,7 @@ func TestPostgresSchemaByManyAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := openPostgres(context.Background(), url)
+			s, err := openPostgres(context.Background(), url, defaultStoreTimeout)
 			if err == nil {
 				for _, c := range h.Collections {
 					if err = s.ensureIndexes(c); err != nil {
@@ -778,7 +778,7 @@ func TestPostgresSchemaByManyAtOnce(t *testing.T) {
 	if err := h2.prepareCollections(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := openPostgres(context.Background(), url)
+	s, err := openPostgres(context.Background(), url, defaultStoreTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
