@@ -57,7 +57,8 @@ func TestScrubUnderscores(t *testing.T) {
 			t.Errorf("%s survived", name)
 		}
 	}
-	if r.Header.Get("Connection") != "X_Hop" || r.Header["X_Keep_Me"] == nil {
+	keep := "X_Keep_Me" // a name Go does not canonicalise, as a client sends it
+	if r.Header.Get("Connection") != "X_Hop" || r.Header[keep] == nil {
 		t.Errorf("headers after Scrub: %v", r.Header)
 	}
 	r.Trailer["X_Auth_Scopes"] = []string{"admin"}
