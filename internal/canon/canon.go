@@ -217,7 +217,13 @@ func HostOf(h string, tls bool) string {
 // CacheTarget names exactly what r targets, for cache keys: the canonical
 // host and escaped path (the caller adds the query).
 func CacheTarget(r *http.Request) string {
-	return Host(r) + "\x00" + EscapedPath(r.URL.EscapedPath())
+	return string(AppendCacheTarget(nil, r))
+}
+
+// AppendCacheTarget appends CacheTarget(r) to b, for a key built in one
+// buffer.
+func AppendCacheTarget(b []byte, r *http.Request) []byte {
+	return append(append(append(b, Host(r)...), 0), EscapedPath(r.URL.EscapedPath())...)
 }
 
 // ResourceKey names the resource r targets, coarsely (see the package

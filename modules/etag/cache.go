@@ -99,10 +99,13 @@ func (p principal) authenticated() bool { return p.kind == classUser }
 // escaped path, the query and the principal (see canon: a cache key never
 // merges two targets a backend could tell apart).
 func cacheKey(r *http.Request, p principal) string {
-	if p.kind != classUser {
-		return canon.CacheTarget(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind
+	var arr [256]byte // on the stack for the usual key: one allocation, the key's
+	b := canon.AppendCacheTarget(arr[:0], r)
+	b = append(append(append(append(b, 0), r.URL.RawQuery...), 0), p.kind...)
+	if p.kind == classUser {
+		b = append(append(append(b, p.user...), 0), p.scopes...)
 	}
-	return canon.CacheTarget(r) + "\x00" + r.URL.RawQuery + "\x00" + p.kind + p.user + "\x00" + p.scopes
+	return string(b)
 }
 
 // lookup finds an entry for r: one stored for this principal, else a

@@ -27,6 +27,36 @@ const (
 	statusRequestRefresh = "restgate; fwd=request; fwd-status=200; stored"
 )
 
+// statusValues are the Cache-Status values of a response no upstream cache
+// marked, one per entry above: shared, clipped, never changed in place.
+var statusValues = func() map[string][]string {
+	m := map[string][]string{}
+	for _, s := range []string{statusHit, statusMiss, statusMissStored, statusRequest, statusRequest304,
+		statusStale, statusStaleStored, statusStale304, statusRequestRefresh} {
+		m[s] = []string{s}
+	}
+	return m
+}()
+
+// ageValues are the Age values of the first ten minutes, made once: a hit
+// on a fresh entry takes its Age from here (shared, clipped, never changed
+// in place).
+var ageValues = func() [600][]string {
+	var a [600][]string
+	for i := range a {
+		a[i] = []string{strconv.Itoa(i)}
+	}
+	return a
+}()
+
+// ageField is the Age field's value for an entry age old.
+func ageField(age time.Duration) []string {
+	if s := int64(age / time.Second); s >= 0 && s < int64(len(ageValues)) {
+		return ageValues[s]
+	}
+	return []string{strconv.FormatInt(int64(age/time.Second), 10)}
+}
+
 // serveRead answers GET and HEAD: from the cache when it may, else from
 // upstream, holding a 200 that fits MaxBody to give it an ETag, answer the
 // client's conditions and store it.
@@ -171,6 +201,10 @@ func addCacheStatus(hdr http.Header, status string) {
 		hdr["Cache-Status"] = append(old[:len(old):len(old)], status)
 		return
 	}
+	if v, ok := statusValues[status]; ok {
+		hdr["Cache-Status"] = v
+		return
+	}
 	hdr["Cache-Status"] = []string{status}
 }
 
@@ -197,7 +231,7 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, w
 	for k, v := range e.header {
 		hdr[k] = v // shared, clipped slices: nobody appends to them in place
 	}
-	hdr["Age"] = []string{strconv.FormatInt(int64(e.age(h.now())/time.Second), 10)}
+	hdr["Age"] = ageField(e.age(h.now()))
 	addCacheStatus(hdr, status)
 	if who.authenticated() && e.privateChanges {
 		hdr["Cache-Control"] = e.privateCC

@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"time"
+
+	"github.com/restgate/restgate/internal/fieldvalue"
 )
 
 // requestIDHeader carries the request id to the backend and back to the client.
@@ -23,7 +25,7 @@ func EnsureRequestID(w http.ResponseWriter, r *http.Request) string {
 	}
 	var b [26]byte
 	putULID(&b, time.Now())
-	v := []string{string(b[:])} // both header maps share the value slice
+	v := fieldvalue.Of(b[:]) // both header maps share the value slice
 	r.Header[requestIDHeader] = v
 	w.Header()[requestIDHeader] = v
 	return v[0]

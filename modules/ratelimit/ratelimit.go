@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,6 +22,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/restgate/restgate/internal/fieldvalue"
 	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/modules/problem"
@@ -86,6 +88,18 @@ type Handler struct {
 	ctx     caddy.Context
 	redis   *redisapp.App
 	shared  *redisDecider // the redis store; nil for the local one
+
+	// policyAfter is the RateLimit-Policy value last made from an earlier
+	// handler's and all of this one's zones: the same on every request of
+	// a chain, so made once and shared.
+	policyAfter *atomic.Pointer[policyMemo]
+}
+
+// policyMemo is a RateLimit-Policy value and the earlier handler's value
+// it was made from.
+type policyMemo struct {
+	prev  string
+	value []string // shared, clipped: never changed in place
 }
 
 // CaddyModule returns the Caddy module information.
@@ -103,6 +117,7 @@ const maxZones = 8
 // Provision sets defaults and attaches each zone to its state, which
 // survives config reloads.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	h.policyAfter = new(atomic.Pointer[policyMemo])
 	h.ctx = ctx
 	h.logger = ctx.Logger()
 	// refusal and undecided lines: the first 10 a second (of each
@@ -354,10 +369,18 @@ func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision)
 		}
 		buf = appendItem(buf, z.quotedName, decided[i])
 	}
-	hdr["Ratelimit"] = []string{string(buf)}
+	hdr["Ratelimit"] = fieldvalue.Of(buf)
 
-	if old := hdr["Ratelimit-Policy"]; len(old) == 0 && len(zones) == 1 {
+	old := hdr["Ratelimit-Policy"]
+	memoize := len(old) == 1 && len(zones) == len(h.Zones) && h.policyAfter != nil
+	var m *policyMemo
+	if memoize {
+		m = h.policyAfter.Load()
+	}
+	if len(old) == 0 && len(zones) == 1 {
 		hdr["Ratelimit-Policy"] = zones[0].policyHeader // shared, clipped: never changed in place
+	} else if m != nil && m.prev == old[0] {
+		hdr["Ratelimit-Policy"] = m.value
 	} else {
 		buf = listStart(arr[:0], old)
 		for i, z := range zones {
@@ -366,7 +389,11 @@ func (h *Handler) setHeaders(hdr http.Header, zones []*Zone, decided []Decision)
 			}
 			buf = append(buf, z.policy...)
 		}
-		hdr["Ratelimit-Policy"] = []string{string(buf)}
+		v := []string{string(buf)}
+		hdr["Ratelimit-Policy"] = v[:1:1]
+		if memoize {
+			h.policyAfter.Store(&policyMemo{prev: old[0], value: v[:1:1]})
+		}
 	}
 	if h.LegacyHeaders {
 		// the most constrained zone speaks for the request
