@@ -136,6 +136,11 @@ func (rd *redisDecider) run(ctx context.Context, keys []string, args []any) ([]f
 	if err != nil {
 		return nil, err
 	}
+	return parseReply(v, keys)
+}
+
+// parseReply reads the script's reply for keys.
+func parseReply(v any, keys []string) ([]float64, error) {
 	reply, ok := v.([]any)
 	if !ok {
 		return nil, fmt.Errorf("rate-limit script: unexpected %T", v)
@@ -172,9 +177,21 @@ type redisRefund struct {
 	key string
 }
 
+// A refund has its own circuit (redisapp.PurposeRefund): the timeout of a
+// later limiter's decision, which is what often calls for the refund,
+// opens the rate-limit circuit and must not also drop the refund.
 func (r *redisRefund) refund(now time.Time, perSecond float64, burst int) float64 {
-	res, err := r.rd.run(context.Background(), []string{r.key},
-		[]any{r.rd.clockArg(now), "0", perMicro(perSecond), burst})
+	keys := []string{r.key}
+	var v any
+	err := r.rd.app.DoFor(context.Background(), redisapp.PurposeRefund, func(ctx context.Context, c *redis.Client) error {
+		var err error
+		v, err = bucketScript.Run(ctx, c, keys, r.rd.clockArg(now), "0", perMicro(perSecond), burst).Result()
+		return err
+	})
+	var res []float64
+	if err == nil {
+		res, err = parseReply(v, keys)
+	}
 	if err != nil {
 		// the token stays spent: the bucket refills at its rate, and the
 		// circuit has logged the failure

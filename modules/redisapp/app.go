@@ -173,7 +173,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			timeout:  time.Duration(a.Timeout),
 			circuits: map[Purpose]*circuit{},
 		}
-		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish} {
+		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish, PurposeRefund} {
 			c.circuits[p] = newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address, p)
 		}
 		c.bus = newBus(c, a.KeyPrefix+"events", logger.Named("bus"))
@@ -227,6 +227,7 @@ const (
 	PurposeRateLimit Purpose = "rate_limit" // RunScript
 	PurposeLock      Purpose = "lock"       // taking a shared lock
 	PurposePublish   Purpose = "publish"    // Publish
+	PurposeRefund    Purpose = "refund"     // giving a rate-limit token back
 	// PurposeBackground is work that must reach Redis eventually and
 	// retries on its own (releasing and extending locks): no circuit.
 	PurposeBackground Purpose = "background"

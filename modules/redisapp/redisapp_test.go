@@ -115,7 +115,7 @@ func TestPurposesFailApart(t *testing.T) {
 	if !errors.Is(a.DoFor(context.Background(), PurposeRateLimit, nil), ErrUnavailable) {
 		t.Fatal("the rate-limit circuit did not open")
 	}
-	for _, p := range []Purpose{PurposeLock, PurposePublish, PurposeDefault, PurposeBackground} {
+	for _, p := range []Purpose{PurposeLock, PurposePublish, PurposeRefund, PurposeDefault, PurposeBackground} {
 		called := false
 		_ = a.DoFor(context.Background(), p, func(context.Context, *redis.Client) error { called = true; return nil })
 		if !called {
