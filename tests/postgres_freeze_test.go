@@ -75,7 +75,7 @@ func TestPostgresFreeze(t *testing.T) {
 	var mu sync.Mutex
 	var results []answer
 	var frozenAt atomic.Int64 // unix nanoseconds; 0 while PostgreSQL answers
-	stop := load(8, func(w, i int) bool {
+	stopLoad := load(8, func(w, i int) bool {
 		g := gs[w%len(gs)]
 		r := request(behindBalancer(g), g, w*1000+i, keys)
 		r.duringFreeze = frozenAt.Load() != 0 && r.start.UnixNano() >= frozenAt.Load()
@@ -84,6 +84,9 @@ func TestPostgresFreeze(t *testing.T) {
 		mu.Unlock()
 		return true
 	})
+	var once sync.Once
+	stop := func() { once.Do(stopLoad) }
+	t.Cleanup(stop) // after the thaw, when a failure ends the test early
 	waitFor(t, 30*time.Second, "answers before the freeze", func() bool {
 		mu.Lock()
 		defer mu.Unlock()

@@ -77,13 +77,20 @@ func isPostgresURL(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
 
-// redactURL is the URL without its password, for logs and errors.
+// redactURL is the URL without its password, for logs and errors; a
+// multi-host URL names every host.
 func redactURL(s string) string {
 	cfg, err := pgconn.ParseConfig(s)
 	if err != nil {
 		return "postgres://(unparsable URL)"
 	}
-	return fmt.Sprintf("postgres://%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), cfg.Database)
+	hosts := []string{net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))}
+	for _, fb := range cfg.Fallbacks { // each host once per TLS setting
+		if h := net.JoinHostPort(fb.Host, fmt.Sprint(fb.Port)); h != hosts[len(hosts)-1] {
+			hosts = append(hosts, h)
+		}
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", cfg.User, strings.Join(hosts, ","), cfg.Database)
 }
 
 // openPostgres connects and creates or upgrades the schema under the
