@@ -26,8 +26,9 @@ const hiccupLockTimeout = 5 * time.Second
 // TestRedisHiccup: Redis is frozen (SIGSTOP: it accepts connections and
 // never answers) for 300 ms and for 3 s, then resumed (SIGCONT), in the
 // middle of a 50 × 20 If-Match increment run over three gateways that
-// share it (a cache with a 60 s lifetime on each), while a reader on each
-// gateway keeps reading. Afterwards:
+// share it (a cache with a 60 s lifetime on each, and a shared rate limit
+// that admits everything and whose timeouts must not stop the rest), while
+// a reader on each gateway keeps reading. Afterwards:
 //   - the counter is exactly 1,000;
 //   - no read that began 2 s or more after Redis answered again returned a
 //     value older than one acknowledged more than 1 s before it began (the
@@ -61,6 +62,11 @@ func redisHiccup(t *testing.T, freeze time.Duration) {
 	api_errors
 	api_auth {
 		keys_file {$RESTGATE_DATA}/api-keys.yaml
+	}
+	api_rate_limit {
+		store redis
+		on_error allow
+		zone everyone 100000/1s
 	}
 	api_etag {
 		cache {
