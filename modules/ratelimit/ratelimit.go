@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -250,7 +251,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			applied[i].counters.admitted.Inc()
 		}
 		if h.ShareRefunds {
-			h.keepForRefund(r, decided[:n])
+			if rf := h.keepForRefund(r, decided[:n]); rf != nil {
+				defer releaseRefunds(r, rf)
+			}
 		}
 		return next.ServeHTTP(w, r)
 	}
@@ -302,14 +305,33 @@ func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyht
 		"the gateway cannot check the rate limit right now, so the request was not served; retry shortly")
 }
 
-func (h *Handler) keepForRefund(r *http.Request, decided []Decision) {
+// refundsPool recycles the refunds of finished requests: an admitted
+// request that is never refunded allocates nothing for it.
+var refundsPool = sync.Pool{New: func() any { return new(refunds) }}
+
+// keepForRefund records decided for a later handler's refusal to refund.
+// It returns the refunds it made, which the caller releases once next has
+// returned (nothing reads them after that), or nil when an earlier handler
+// made them.
+func (h *Handler) keepForRefund(r *http.Request, decided []Decision) *refunds {
 	rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds)
-	if !ok {
-		rf = new(refunds)
-		rf.decisions = rf.inline[:0]
-		caddyhttp.SetVar(r.Context(), refundsVar, rf)
+	if ok {
+		rf.decisions = append(rf.decisions, decided...)
+		return nil
 	}
-	rf.decisions = append(rf.decisions, decided...)
+	rf = refundsPool.Get().(*refunds)
+	rf.decisions = append(rf.inline[:0], decided...)
+	caddyhttp.SetVar(r.Context(), refundsVar, rf)
+	return rf
+}
+
+// releaseRefunds takes rf out of r's variables and recycles it.
+func releaseRefunds(r *http.Request, rf *refunds) {
+	caddyhttp.SetVar(r.Context(), refundsVar, nil)
+	clear(rf.decisions)
+	clear(rf.inline[:])
+	rf.decisions = nil
+	refundsPool.Put(rf)
 }
 
 // reportUndecided logs why the store could not decide a request, at warn
