@@ -208,10 +208,18 @@ func (h *Handler) allowed(origin string) bool {
 	return false
 }
 
+// varyOrigin is the Vary value of a response no earlier handler varied:
+// shared, clipped (an Add after this one copies it), never changed in place.
+var varyOrigin = []string{"Origin"}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	hdr := w.Header()
 	if !h.any {
-		hdr.Add("Vary", "Origin")
+		if old := hdr["Vary"]; len(old) == 0 {
+			hdr["Vary"] = varyOrigin
+		} else {
+			hdr["Vary"] = append(old[:len(old):len(old)], "Origin")
+		}
 	}
 	origins := r.Header["Origin"]
 	if len(origins) != 1 {
