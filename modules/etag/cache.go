@@ -163,7 +163,7 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 	if status != http.StatusOK || len(hdr["Set-Cookie"]) > 0 {
 		return false
 	}
-	respCC := parseCacheControl(hdr)
+	respCC := cacheDirectives(hdr) // CDN-Cache-Control first (RFC 9213)
 	if respCC.has("no-store") || respCC.has("private") {
 		return false
 	}
@@ -286,7 +286,7 @@ func (h *Handler) refresh(e *entry, hdr http.Header, f fill) *entry {
 	}
 	cp.lastModified = parseHTTPTime(fresh["Last-Modified"])
 	cp.privateCC, cp.privateChanges = privateCacheControl(fresh)
-	if freshFor, ok := h.freshness(parseCacheControl(fresh), fresh, f.received); ok {
+	if freshFor, ok := h.freshness(cacheDirectives(fresh), fresh, f.received); ok {
 		cp.freshFor = freshFor
 	}
 	cp.size = cp.footprint()
