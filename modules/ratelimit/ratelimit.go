@@ -262,12 +262,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// earlier handler either (whose tokens were taken some time ago: a
 	// refund is one whole token, whenever it is made); the decider has
 	// spent nothing in this one
-	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
-		for i := range rf.decisions {
-			rf.decisions[i].Refund(h.now())
-		}
-		rf.decisions = rf.decisions[:0]
-	}
+	h.refundEarlier(r)
 	z, d := applied[refused], decided[refused]
 	h.reportRefusal(r, z, d)
 	if h.Mode == ModeReportOnly {
@@ -298,11 +293,25 @@ func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.OnError == OnErrorAllow {
 		return next.ServeHTTP(w, r)
 	}
+	// refused: the earlier handlers' tokens go back, as on a 429
+	h.refundEarlier(r)
 	if retry := h.redis.RetryIn(); retry > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(retry), 10))
 	}
 	return problem.Error(http.StatusServiceUnavailable, "rate_limit_unavailable",
 		"the gateway cannot check the rate limit right now, so the request was not served; retry shortly")
+}
+
+// refundEarlier gives back what earlier handlers admitted r for (the per-IP
+// zone before auth): r is refused here, so nothing it was admitted for may
+// stay spent.
+func (h *Handler) refundEarlier(r *http.Request) {
+	if rf, ok := caddyhttp.GetVar(r.Context(), refundsVar).(*refunds); ok {
+		for i := range rf.decisions {
+			rf.decisions[i].Refund(h.now())
+		}
+		rf.decisions = rf.decisions[:0]
+	}
 }
 
 // refundsPool recycles the refunds of finished requests: an admitted

@@ -639,3 +639,44 @@ func TestHeadersOneLinePerField(t *testing.T) {
 		}
 	})
 }
+
+// TestUndecidedDenyRefundsThePerIPToken: when the per-user limiter cannot
+// reach Redis and denies (on_error deny), the request is refused, so the
+// per-IP token it took before auth goes back, as on a 429.
+func TestUndecidedDenyRefundsThePerIPToken(t *testing.T) {
+	dead, err := redisapp.Connect(redisapp.App{Address: "127.0.0.1:1", Timeout: caddy.Duration(200 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dead.Cleanup() })
+	ipH, clock := newLimiter(t, "api_rate_limit_ip {\n zone "+uniq("ip")+" 100/1m\n}", true)
+	ipH.Store, ipH.shared = StoreLocal, nil
+	userH, _ := newLimiter(t, "api_rate_limit {\n zone "+uniq("user")+" 10/1m\n}", false)
+	userH.now = clock.Now
+	userH.Store, userH.OnError, userH.redis = StoreRedis, OnErrorDeny, dead
+	userH.shared = &redisDecider{app: dead, callerClock: true}
+	for _, z := range userH.Zones {
+		z.redisPrefix = z.redisKeyPrefix(dead)
+	}
+	ipTokens := func() float64 {
+		b, ok := ipH.Zones[0].state.store.(*memStore).buckets.Peek("192.0.2.9")
+		if !ok {
+			return 100
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.tokens
+	}
+	for i := range 3 {
+		r := request("GET", "/", "192.0.2.9", "alice")
+		err := ipH.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			return userH.ServeHTTP(w, r, okNext)
+		}))
+		if got := status(err); got != http.StatusServiceUnavailable {
+			t.Fatalf("request %d: %d, want 503 (Redis unreachable, on_error deny)", i, got)
+		}
+	}
+	if left := ipTokens(); left < 99.99 {
+		t.Errorf("the per-IP zone has %.3f tokens after three refused requests, want 100 (refunds lost)", left)
+	}
+}
