@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,7 +45,7 @@ func redisHiccup(t *testing.T, freeze time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := redisPID(t, rs)
+	pid := rs.PID()
 	t.Cleanup(func() {
 		_ = syscall.Kill(pid, syscall.SIGCONT)
 		rs.Stop()
@@ -200,23 +198,6 @@ func redisHiccup(t *testing.T, freeze time.Duration) {
 		keys, err := rc.Keys(context.Background(), "hiccup:lock:*").Result()
 		return err == nil && len(keys) == 0
 	})
-}
-
-// redisPID asks the server for its process id.
-func redisPID(t *testing.T, rs *testredis.Server) int {
-	t.Helper()
-	rc := rs.Client()
-	defer rc.Close()
-	info, err := rc.Info(context.Background(), "server").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`process_id:(\d+)`).FindStringSubmatch(info)
-	if m == nil {
-		t.Fatalf("no process_id in INFO server: %s", info)
-	}
-	pid, _ := strconv.Atoi(m[1])
-	return pid
 }
 
 // ackLog records when each counter value was acknowledged to a client.

@@ -130,13 +130,7 @@ func TestOneResourceOneKey(t *testing.T) {
 		backend.mu.Lock()
 		backend.n = 0
 		backend.mu.Unlock()
-		const clients, each = 50, 20
-		start := time.Now()
-		incrementAll(t, clients, each, func(int) *http.Client { return c }, spellings...)
-		if n := backend.count(); n != clients*each {
-			t.Errorf("counter = %d after %d acknowledged increments over %d spellings", n, clients*each, len(spellings))
-		}
-		t.Logf("%d clients × %d increments over %d spellings: counter %d in %v", clients, each, len(spellings), backend.count(), time.Since(start).Round(time.Millisecond))
+		exactIncrements(t, backend.count, func(int) (*http.Client, []string) { return c, spellings })
 	})
 }
 
@@ -245,28 +239,9 @@ func TestOneResourceOneKeyAcrossGateways(t *testing.T) {
 		backend.mu.Lock()
 		backend.n = 0
 		backend.mu.Unlock()
-		const clients, each = 50, 20
-		start := time.Now()
-		var wg sync.WaitGroup
-		errs := make(chan error, clients)
-		for i := range clients {
+		exactIncrements(t, backend.count, func(i int) (*http.Client, []string) {
 			g := gs[i%len(gs)]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs <- increment(behindBalancer(g), each, bearer("tester"), spellingsOf(g, "/v1/counter")...)
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		if n := backend.count(); n != clients*each {
-			t.Errorf("counter = %d after %d acknowledged increments over 3 gateways and their spellings", n, clients*each)
-		}
-		t.Logf("%d clients × %d increments over 3 gateways: counter %d in %v", clients, each, backend.count(), time.Since(start).Round(time.Millisecond))
+			return behindBalancer(g), spellingsOf(g, "/v1/counter")
+		})
 	})
 }

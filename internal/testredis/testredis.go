@@ -88,6 +88,15 @@ func (s *Server) run(path string) error {
 	}
 }
 
+// PID is the server's process id (to freeze it with SIGSTOP, say); 0 when
+// it is not running.
+func (s *Server) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Kill ends the server with SIGKILL, as a crash would.
 func (s *Server) Kill() {
 	if s.cmd != nil && s.cmd.Process != nil {

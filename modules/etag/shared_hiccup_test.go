@@ -3,8 +3,6 @@ package etag
 import (
 	"context"
 	"errors"
-	"regexp"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -23,13 +21,7 @@ func frozenRedis(t *testing.T, prefix string) (app *redisapp.App, rs *testredis.
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := rs.Client()
-	info, err := rc.Info(context.Background(), "server").Result()
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(regexp.MustCompile(`process_id:(\d+)`).FindStringSubmatch(info)[1])
+	pid := rs.PID()
 	signal := func(s syscall.Signal) func() {
 		return func() {
 			if err := syscall.Kill(pid, s); err != nil {

@@ -2,8 +2,6 @@ package redisapp
 
 import (
 	"context"
-	"regexp"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,13 +21,7 @@ func TestBusThroughFreeze(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := rs.Client()
-	info, err := rc.Info(context.Background(), "server").Result()
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(regexp.MustCompile(`process_id:(\d+)`).FindStringSubmatch(info)[1])
+	pid := rs.PID()
 	defer rs.Stop()
 	defer syscall.Kill(pid, syscall.SIGCONT)
 
