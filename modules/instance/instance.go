@@ -181,7 +181,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
+	seen := map[string]bool{}
 	for d.NextBlock(0) {
+		if seen[d.Val()] {
+			return nil, d.Errf("duplicate restgate option %q: the later one would silently win", d.Val())
+		}
+		seen[d.Val()] = true
 		switch d.Val() {
 		case "data_dir":
 			if !d.AllArgs(&a.DataDir) {
