@@ -15,7 +15,7 @@ import (
 //		max_body         <size>
 //		require_if_match <paths...>
 //		lock_timeout     <duration>
-//		redis
+//		redis [auto]
 //		lock_ttl         <duration>
 //		cache {
 //			max_size    <size>
@@ -48,10 +48,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "redis":
-			if d.CountRemainingArgs() != 0 {
-				return d.ArgErr()
+			// `redis auto`: only when the redis global option has an address
+			switch args := d.RemainingArgs(); {
+			case len(args) == 0:
+				h.Redis = true
+			case len(args) == 1 && args[0] == "auto":
+				h.RedisAuto = true
+			default:
+				return d.Errf("redis takes no argument, or auto (Redis only when the redis global option has an address)")
 			}
-			h.Redis = true
 		case "lock_ttl":
 			dur, err := durationArg(d)
 			if err != nil {

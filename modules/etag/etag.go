@@ -75,6 +75,10 @@ type Handler struct {
 	// While Redis is unreachable, conditional writes are refused with 503.
 	Redis bool `json:"redis,omitempty"`
 
+	// Redis when the redis app is configured with an address, else this
+	// gateway's own locks and cache only (the Caddyfile's `redis auto`).
+	RedisAuto bool `json:"redis_auto,omitempty"`
+
 	// How long a Redis lock lives unless its holder extends it (which it
 	// does every third of it while the write goes on). Default: 30s.
 	LockTTL caddy.Duration `json:"lock_ttl,omitempty"`
@@ -140,11 +144,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	local := &keyedLocks{m: map[string]*lockEntry{}}
 	h.locks = local
-	if h.Redis {
-		app, err := redisapp.Get(ctx)
-		if err != nil {
-			return err
-		}
+	var app *redisapp.App
+	var err error
+	switch {
+	case h.Redis:
+		app, err = redisapp.Get(ctx)
+	case h.RedisAuto:
+		app, err = redisapp.Enabled(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	if app != nil {
 		if h.LockTTL == 0 {
 			h.LockTTL = caddy.Duration(defaultLockTTL)
 		}

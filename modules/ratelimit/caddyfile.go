@@ -30,7 +30,7 @@ const DirectiveIP = "api_rate_limit_ip"
 //			max_keys    <n>
 //		}
 //		mode report_only|enforce
-//		store local|redis
+//		store local|redis|auto
 //		on_error allow|deny
 //		legacy_headers
 //		log_key
@@ -61,8 +61,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.Store) {
 				return d.ArgErr()
 			}
-			if h.Store != StoreLocal && h.Store != StoreRedis {
-				return d.Errf("store must be %s or %s", StoreLocal, StoreRedis)
+			if h.Store != StoreLocal && h.Store != StoreRedis && h.Store != StoreAuto {
+				return d.Errf("store must be %s, %s or %s (redis when the redis global option has an address, else local)", StoreLocal, StoreRedis, StoreAuto)
 			}
 		case "on_error":
 			if !d.AllArgs(&h.OnError) {

@@ -72,14 +72,17 @@ type Handler struct {
 	// `api_rate_limit_ip` sets it.
 	ShareRefunds bool `json:"share_refunds,omitempty"`
 
-	// Where the buckets live: `local` (default: this process's memory) or
+	// Where the buckets live: `local` (default: this process's memory),
 	// `redis` (the redis app's server, shared by every gateway that uses it:
-	// one round trip decides all of this handler's zones, on Redis's clock).
+	// one round trip decides all of this handler's zones, on Redis's clock;
+	// the app must be configured with an address), or `auto` (redis when
+	// the redis app is configured with an address, else local).
 	Store string `json:"store,omitempty"`
 
-	// With store redis, what happens while Redis cannot decide: `allow`
-	// admits requests (fail open, without RateLimit headers) and `deny`
-	// refuses them with a 503 problem (fail closed). Required with redis.
+	// With store redis or auto, what happens while Redis cannot decide:
+	// `allow` admits requests (fail open, without RateLimit headers) and
+	// `deny` refuses them with a 503 problem (fail closed). Required with
+	// redis and auto.
 	OnError string `json:"on_error,omitempty"`
 
 	now     func() time.Time
@@ -110,6 +113,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(Handler) },
 	}
 }
+
+// StoreAuto is the store that follows the redis app: redis when it is
+// configured with an address, else local.
+const StoreAuto = "auto"
 
 // maxZones bounds the zones of one handler (the per-request bookkeeping
 // lives on the stack).
@@ -142,18 +149,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	switch h.Store {
 	case "", StoreLocal:
-	case StoreRedis:
+	case StoreRedis, StoreAuto:
+		// auto needs on_error too, so that a configuration that loads
+		// without Redis also loads with it
 		if h.OnError != OnErrorAllow && h.OnError != OnErrorDeny {
-			return fmt.Errorf("store redis needs an explicit on_error: allow (admit requests while Redis is down) or deny (refuse them with 503)")
+			return fmt.Errorf("store %s needs an explicit on_error: allow (admit requests while Redis is down) or deny (refuse them with 503)", h.Store)
 		}
-		app, err := redisapp.Get(ctx)
+		get := redisapp.Get
+		if h.Store == StoreAuto {
+			get = redisapp.Enabled
+		}
+		app, err := get(ctx)
 		if err != nil {
 			return err
 		}
-		h.redis = app
-		h.shared = &redisDecider{app: app}
+		if app != nil {
+			h.redis = app
+			h.shared = &redisDecider{app: app}
+		}
 	default:
-		return fmt.Errorf("store must be %s or %s, not %q", StoreLocal, StoreRedis, h.Store)
+		return fmt.Errorf("store must be %s, %s or %s, not %q", StoreLocal, StoreRedis, StoreAuto, h.Store)
 	}
 	for _, z := range h.Zones {
 		if err := z.provision(ctx); err != nil {

@@ -15,6 +15,12 @@
 //		circuit_open 5s
 //	}
 //
+// An address line whose value is empty (`address {$RESTGATE_REDIS}` with
+// the variable unset, or `address ""`) turns the app off: no connection is
+// made, modules that follow it (`store auto`, `redis auto`) stay local, and
+// modules that name Redis explicitly (`store redis`, `redis`) refuse to
+// load. A block without an address line connects to 127.0.0.1:6379.
+//
 // The password is read from the environment (or a file, `{file./path}`)
 // when the configuration is loaded, so it is never part of the JSON config
 // that the admin API shows, and never logged.
@@ -57,6 +63,10 @@ func init() {
 type App struct {
 	// host:port of the Redis (or Valkey) server. Default: 127.0.0.1:6379.
 	Address string `json:"address,omitempty"`
+	// No server: nothing connects, modules that follow the app (Enabled)
+	// stay local and those that require it (Get) refuse to load. The
+	// Caddyfile sets it for an address line whose value is empty.
+	Disabled bool `json:"disabled,omitempty"`
 	// ACL user and password; placeholders such as {env.X} and {file.X}
 	// are expanded when the configuration is loaded.
 	Username string `json:"username,omitempty"`
@@ -111,6 +121,13 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // client with every later configuration that has the same settings.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	if a.Disabled {
+		if a.Address != "" {
+			return fmt.Errorf("redis: disabled, yet the address is %s", a.Address)
+		}
+		a.logger.Info("redis: no address: shared stores stay local, no connection is made")
+		return nil
+	}
 	if a.Address == "" {
 		a.Address = "127.0.0.1:6379"
 	}
@@ -210,7 +227,28 @@ func Get(ctx caddy.Context) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.(*App), nil
+	a := v.(*App)
+	if a.Disabled {
+		return nil, errors.New("redis has no address (its `address` line is empty: is RESTGATE_REDIS unset?): set the address, or use `store auto` / `redis auto`, which stay local without one")
+	}
+	return a, nil
+}
+
+// Enabled returns the configuration's redis app when it is configured with
+// a server, and nil (no error) when it is not configured or disabled: for
+// modules whose shared store follows the app (`store auto`).
+func Enabled(ctx caddy.Context) (*App, error) {
+	v, err := ctx.AppIfConfigured("redis")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if a := v.(*App); !a.Disabled {
+		return a, nil
+	}
+	return nil, nil
 }
 
 // Client is the shared go-redis client.
@@ -334,7 +372,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		var err error
 		switch d.Val() {
 		case "address":
-			err = oneArg(d, &a.Address)
+			// an empty value (an unset {$VAR}, or "") means no server
+			args := d.RemainingArgs()
+			switch {
+			case len(args) > 1:
+				err = d.ArgErr()
+			case len(args) == 0 || args[0] == "":
+				a.Address, a.Disabled = "", true
+			default:
+				a.Address, a.Disabled = args[0], false
+			}
 		case "username":
 			err = oneArg(d, &a.Username)
 		case "password":
