@@ -105,49 +105,28 @@ func validateCaddyfile(t *testing.T, cfg string) (string, error) {
 	return strings.ReplaceAll(string(out), `\n`, "\n"), err
 }
 
-// withRedisRecipe is the default Caddyfile with the comment above its
-// redis block applied as written: the block uncommented, `store redis`
-// and `on_error <onError>` added to the api_rate_limit_ip and
-// api_rate_limit blocks, and `redis` to api_etag.
-func withRedisRecipe(t *testing.T, onError string) string {
+// redisSwitch is the default Caddyfile as shipped, checked to have its
+// one Redis switch: the redis option's address from RESTGATE_REDIS, and
+// both rate limits following it (`store auto`) with RESTGATE_REDIS_ON_ERROR.
+func redisSwitch(t *testing.T) string {
 	t.Helper()
 	cfg := repoFile(t, "Caddyfile")
-	const recipe = "uncomment this,\n\t# then add `store redis` and `on_error deny` (or allow) to the\n\t# api_rate_limit_ip and api_rate_limit blocks, and `redis` to api_etag."
-	if !strings.Contains(cfg, recipe) {
-		t.Fatal("the default Caddyfile's Redis comment changed: update this test to apply it as written")
-	}
-	lines := strings.Split(cfg, "\n")
-	in := false
-	for i, l := range lines {
-		if l == "\t# redis {" {
-			in = true
-		}
-		if in {
-			lines[i] = "\t" + strings.TrimPrefix(strings.TrimPrefix(l, "\t#"), " ")
-			if l == "\t# }" {
-				in = false
-			}
-		}
-	}
-	cfg = strings.Join(lines, "\n")
-	for _, edit := range []struct{ block, add string }{
-		{"\tapi_rate_limit_ip {\n", "\t\tstore redis\n\t\ton_error " + onError + "\n"},
-		{"\tapi_rate_limit {\n", "\t\tstore redis\n\t\ton_error " + onError + "\n"},
-		{"\tapi_etag {\n", "\t\tredis\n"},
+	for _, want := range []string{
+		"\tredis {\n\t\taddress {$RESTGATE_REDIS}\n",
+		"\t\tzone per-ip {$RESTGATE_RATE_PER_IP:600/1m}\n\t\tstore auto\n\t\ton_error {$RESTGATE_REDIS_ON_ERROR:deny}\n",
+		"\t\tzone per-user {$RESTGATE_RATE_PER_USER:1200/1m}\n\t\tstore auto\n\t\ton_error {$RESTGATE_REDIS_ON_ERROR:deny}\n",
+		"\tapi_etag {\n\t\tredis auto\n",
+		"start each with\n\t# RESTGATE_REDIS=host:port",
 	} {
-		if strings.Count(cfg, edit.block) != 1 {
-			t.Fatalf("the default Caddyfile has not one %q", edit.block)
+		if !strings.Contains(cfg, want) {
+			t.Fatalf("the default Caddyfile's Redis switch changed: no %q", want)
 		}
-		cfg = strings.Replace(cfg, edit.block, edit.block+edit.add, 1)
-	}
-	if !strings.Contains(cfg, "\n\tredis {\n\t\taddress {$RESTGATE_REDIS:127.0.0.1:6379}\n") {
-		t.Fatalf("the redis block was not uncommented:\n%s", cfg)
 	}
 	return cfg
 }
 
 // TestDefaultRedisRecipeBeforeAuth: the default Caddyfile's own Redis
-// recipe puts the per-IP limit, which runs before api_auth, in Redis.
+// switch (RESTGATE_REDIS, RESTGATE_REDIS_ON_ERROR) puts the per-IP limit, which runs before api_auth, in Redis.
 // With a healthy Redis every request is answered, the per-IP limit is
 // enforced (429 after the zone's count, decided in Redis) with on_error
 // deny and with allow, and when Redis goes away the operator's log says
@@ -161,9 +140,10 @@ func TestDefaultRedisRecipeBeforeAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(rs.Stop)
-			g := StartGateway(t, withRedisRecipe(t, onError), Options{Env: map[string]string{
-				"RESTGATE_REDIS":       rs.Addr,
-				"RESTGATE_RATE_PER_IP": fmt.Sprintf("%d/1h", perIP),
+			g := StartGateway(t, redisSwitch(t), Options{Env: map[string]string{
+				"RESTGATE_REDIS":          rs.Addr,
+				"RESTGATE_REDIS_ON_ERROR": onError,
+				"RESTGATE_RATE_PER_IP":    fmt.Sprintf("%d/1h", perIP),
 			}})
 			c := g.Client()
 			for i := range perIP {
