@@ -153,32 +153,14 @@ var etagConfig = testGlobals("") + `https://api.localhost:{$RESTGATE_HTTPS_PORT}
 // first error.
 func incrementAll(t *testing.T, clients, each int, clientFor func(i int) *http.Client, spellings ...string) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := range clients {
-		c := clientFor(i)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- increment(c, each, bearer("tester"), spellings...)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	runIncrements(t, clients, each, func(i int) (*http.Client, []string) { return clientFor(i), spellings })
 }
 
-// exactIncrements runs 50 clients × 20 If-Match increments, client i
-// through the client and the spellings of the URL that via(i) gives, and
-// checks that count ends at exactly 1,000 (it must start at 0).
-func exactIncrements(t *testing.T, count func() int, via func(i int) (*http.Client, []string)) {
+// runIncrements runs clients concurrent increment loops of each
+// increments, client i through the client and the spellings of the URL
+// that via(i) gives, and fails the test on the first error.
+func runIncrements(t *testing.T, clients, each int, via func(i int) (*http.Client, []string)) {
 	t.Helper()
-	const clients, each = 50, 20
-	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i := range clients {
@@ -196,6 +178,16 @@ func exactIncrements(t *testing.T, count func() int, via func(i int) (*http.Clie
 			t.Fatal(err)
 		}
 	}
+}
+
+// exactIncrements runs 50 clients × 20 If-Match increments (see
+// runIncrements) and checks that count ends at exactly 1,000 (it must
+// start at 0).
+func exactIncrements(t *testing.T, count func() int, via func(i int) (*http.Client, []string)) {
+	t.Helper()
+	const clients, each = 50, 20
+	start := time.Now()
+	runIncrements(t, clients, each, via)
 	if n := count(); n != clients*each {
 		t.Errorf("counter = %d after %d acknowledged increments", n, clients*each)
 	}
