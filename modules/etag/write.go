@@ -260,8 +260,8 @@ func (h *Handler) invalidateAfter(r *http.Request, hdr http.Header, status int) 
 	if p := parentPath(rk); p != "" {
 		keys = append(keys, p)
 	}
-	for _, k := range []string{"Location", "Content-Location"} {
-		v := hdr.Get(k)
+	for _, field := range []string{"Location", "Content-Location"} {
+		v := hdr.Get(field)
 		if v == "" {
 			continue
 		}
