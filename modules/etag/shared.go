@@ -129,7 +129,7 @@ func (l *redisLocks) acquire(ctx context.Context, key string, timeout time.Durat
 	for {
 		var ok bool
 		sent := time.Now()
-		err := l.app.DoFor(ctx, redisapp.PurposeLock, func(ctx context.Context, c *redis.Client) error {
+		err := l.app.DoFor(ctx, redisapp.PurposeLock, func(ctx context.Context, c redis.UniversalClient) error {
 			var err error
 			ok, err = c.SetNX(ctx, h.rkey, h.token, l.ttl).Result()
 			return err
@@ -184,7 +184,7 @@ func (h *heldLock) unlock() {
 // answered (deleted tells whether the token still held the lock).
 func (l *redisLocks) releaseOnce(rkey, token string, deleted *bool) bool {
 	var n int64
-	err := l.app.DoFor(context.Background(), redisapp.PurposeBackground, func(ctx context.Context, c *redis.Client) error {
+	err := l.app.DoFor(context.Background(), redisapp.PurposeBackground, func(ctx context.Context, c redis.UniversalClient) error {
 		var err error
 		n, err = releaseScript.Run(ctx, c, []string{rkey}, token).Int64()
 		return err
@@ -238,7 +238,7 @@ func (h *heldLock) extend() {
 		}
 		var n int64
 		sent := time.Now()
-		err := l.app.DoFor(context.Background(), redisapp.PurposeBackground, func(ctx context.Context, c *redis.Client) error {
+		err := l.app.DoFor(context.Background(), redisapp.PurposeBackground, func(ctx context.Context, c redis.UniversalClient) error {
 			var err error
 			n, err = extendScript.Run(ctx, c, []string{h.rkey}, h.token, l.ttl.Milliseconds()).Int64()
 			return err

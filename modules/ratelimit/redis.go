@@ -183,7 +183,7 @@ type redisRefund struct {
 func (r *redisRefund) refund(now time.Time, perSecond float64, burst int) float64 {
 	keys := []string{r.key}
 	var v any
-	err := r.rd.app.DoFor(context.Background(), redisapp.PurposeRefund, func(ctx context.Context, c *redis.Client) error {
+	err := r.rd.app.DoFor(context.Background(), redisapp.PurposeRefund, func(ctx context.Context, c redis.UniversalClient) error {
 		var err error
 		v, err = bucketScript.Run(ctx, c, keys, r.rd.clockArg(now), "0", perMicro(perSecond), burst).Result()
 		return err

@@ -96,7 +96,7 @@ type App struct {
 // conn is what a configuration's modules use; it outlives reloads that do
 // not change the connection settings (a UsagePool entry).
 type conn struct {
-	client   *redis.Client
+	client   redis.UniversalClient
 	prefix   string
 	timeout  time.Duration
 	circuits map[Purpose]*circuit
@@ -252,7 +252,7 @@ func Enabled(ctx caddy.Context) (*App, error) {
 }
 
 // Client is the shared go-redis client.
-func (a *App) Client() *redis.Client { return a.conn.client }
+func (a *App) Client() redis.UniversalClient { return a.conn.client }
 
 // Key is the prefixed name of a key.
 func (a *App) Key(name string) string { return a.conn.prefix + name }
@@ -273,7 +273,7 @@ const (
 
 // Do runs fn with the command timeout, unless the default circuit is open
 // (then it returns ErrUnavailable at once). See DoFor.
-func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error {
+func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c redis.UniversalClient) error) error {
 	return a.conn.do(ctx, PurposeDefault, fn)
 }
 
@@ -281,11 +281,11 @@ func (a *App) Do(ctx context.Context, fn func(ctx context.Context, c *redis.Clie
 // (then it returns ErrUnavailable at once). A call that Redis did not
 // answer opens that circuit; an error reply (redis.Nil, a script error) is
 // an answer; a call whose ctx was cancelled counts for nothing.
-func (a *App) DoFor(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c *redis.Client) error) error {
+func (a *App) DoFor(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c redis.UniversalClient) error) error {
 	return a.conn.do(ctx, purpose, fn)
 }
 
-func (c *conn) do(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c *redis.Client) error) error {
+func (c *conn) do(ctx context.Context, purpose Purpose, fn func(ctx context.Context, c redis.UniversalClient) error) error {
 	cb := c.circuits[purpose] // nil: no circuit (PurposeBackground)
 	probe := false
 	if cb != nil {

@@ -115,7 +115,7 @@ func (b *batcher) work() {
 func (b *batcher) exec(batch []*scriptCall) {
 	b.batches.Add(1)
 	b.batched.Add(int64(len(batch)))
-	err := b.conn.do(context.Background(), PurposeRateLimit, func(ctx context.Context, c *redis.Client) error {
+	err := b.conn.do(context.Background(), PurposeRateLimit, func(ctx context.Context, c redis.UniversalClient) error {
 		return pipelineScripts(ctx, c, batch)
 	})
 	for _, call := range batch {
@@ -130,7 +130,7 @@ func (b *batcher) exec(batch []*scriptCall) {
 // Calls that Redis answers NOSCRIPT (it restarted, or its scripts were
 // flushed) are sent again once their scripts are loaded. It returns an
 // error only when the batch as a whole failed (the connection, a timeout).
-func pipelineScripts(ctx context.Context, c *redis.Client, batch []*scriptCall) error {
+func pipelineScripts(ctx context.Context, c redis.UniversalClient, batch []*scriptCall) error {
 	pending := batch
 	for attempt := 0; ; attempt++ {
 		cmds := make([]*redis.Cmd, len(pending))

@@ -85,7 +85,7 @@ func (b *bus) encode(topic, payload string) string {
 
 // publish sends an event now, or keeps it to send again (see bus).
 func (b *bus) publish(ctx context.Context, topic, payload string) error {
-	err := b.conn.do(ctx, PurposePublish, func(ctx context.Context, c *redis.Client) error {
+	err := b.conn.do(ctx, PurposePublish, func(ctx context.Context, c redis.UniversalClient) error {
 		return c.Publish(ctx, b.channel, b.encode(topic, payload)).Err()
 	})
 	if err != nil {
@@ -128,7 +128,7 @@ func (b *bus) resend(done chan struct{}) {
 			batch = []event{{resyncTopic, ""}}
 		}
 		b.pmu.Unlock()
-		err := b.conn.do(context.Background(), PurposeBackground, func(ctx context.Context, c *redis.Client) error {
+		err := b.conn.do(context.Background(), PurposeBackground, func(ctx context.Context, c redis.UniversalClient) error {
 			_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for _, e := range batch {
 					p.Publish(ctx, b.channel, b.encode(e.topic, e.payload))

@@ -110,28 +110,28 @@ func TestPurposesFailApart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Cleanup()
-	fail := func(ctx context.Context, _ *redis.Client) error { return errors.New("i/o timeout") }
+	fail := func(ctx context.Context, _ redis.UniversalClient) error { return errors.New("i/o timeout") }
 	_ = a.DoFor(context.Background(), PurposeRateLimit, fail)
 	if !errors.Is(a.DoFor(context.Background(), PurposeRateLimit, nil), ErrUnavailable) {
 		t.Fatal("the rate-limit circuit did not open")
 	}
 	for _, p := range []Purpose{PurposeLock, PurposePublish, PurposeRefund, PurposeDefault, PurposeBackground} {
 		called := false
-		_ = a.DoFor(context.Background(), p, func(context.Context, *redis.Client) error { called = true; return nil })
+		_ = a.DoFor(context.Background(), p, func(context.Context, redis.UniversalClient) error { called = true; return nil })
 		if !called {
 			t.Errorf("%s: refused by the rate-limit circuit", p)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_ = a.DoFor(ctx, PurposeLock, func(ctx context.Context, _ *redis.Client) error { return ctx.Err() })
+	_ = a.DoFor(ctx, PurposeLock, func(ctx context.Context, _ redis.UniversalClient) error { return ctx.Err() })
 	if a.RetryInFor(PurposeLock) != 0 {
 		t.Error("a cancelled call opened the lock circuit")
 	}
 	for range 3 {
 		_ = a.DoFor(context.Background(), PurposeBackground, fail)
 	}
-	if a.DoFor(context.Background(), PurposeBackground, func(context.Context, *redis.Client) error { return nil }) != nil {
+	if a.DoFor(context.Background(), PurposeBackground, func(context.Context, redis.UniversalClient) error { return nil }) != nil {
 		t.Error("background calls were refused after failures")
 	}
 }
