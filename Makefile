@@ -15,7 +15,7 @@ TOOL      := $(GO) tool -modfile=tools/go.mod
 TEST_LOG  := .test.log
 export RESTGATE_DATA ?= $(CURDIR)/data
 
-.PHONY: build run reload test lint fmt bench xcaddy xcaddy-check clean
+.PHONY: build run reload deps test lint fmt bench xcaddy xcaddy-check clean
 
 build: ## bin/restgate: Caddy's standard modules plus restgate's
 	$(GO) build -ldflags "-X main.version=$(RESTGATE_VERSION)" -o $(BIN) ./cmd/restgate
@@ -27,13 +27,16 @@ run: build ## serve the default Caddyfile in the foreground
 	exec $(BIN) run --config Caddyfile --adapter caddyfile
 
 reload: ## reload the gateway `make run` started, from the same environment (a reload from a shell without its RESTGATE_* variables is refused)
-	$(BIN) reload --config Caddyfile --adapter caddyfile --force
+	@scripts/reload.sh $(BIN)
 
-test: build ## every unit (with -race), golden-adapt and integration test; a skipped test fails the run
+deps: ## install what the tests start for real (Redis, PostgreSQL, Chromium, wrk, nginx, …) or name the exact command
+	@scripts/deps.sh
+
+test: deps build ## every unit (with -race), golden-adapt and integration test; a skipped test fails the run
 	RESTGATE_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee $(TEST_LOG) | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' | grep -v '^=== RUN' || true
 	@scripts/test-summary.sh $(TEST_LOG)
 
-bench: build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~25 min)
+bench: deps build ## end-to-end and micro benchmarks against bare Caddy and nginx; writes BENCHMARKS.md (~25 min)
 	$(GO) run ./bench -bin $(BIN) -out BENCHMARKS.md
 
 lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod), a tidy go.mod

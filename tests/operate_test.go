@@ -239,7 +239,7 @@ func TestReloadFromBareShell(t *testing.T) {
 	if err == nil {
 		t.Fatalf("a reload from a bare shell was accepted:\n%s", out)
 	}
-	for _, want := range []string{"reload refused", "RESTGATE_HTTPS_PORT", "RESTGATE_DATA", "make reload"} {
+	for _, want := range []string{"reload refused", "RESTGATE_HTTPS_PORT", "RESTGATE_DATA", "is running with", "make reload", "drop a variable on purpose"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the refusal lacks %q:\n%s", want, out)
 		}

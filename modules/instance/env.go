@@ -23,7 +23,7 @@ func envNames(environ []string) []string {
 }
 
 // checkReloadEnv refuses a reload whose configuration was adapted without
-// a RESTGATE_* variable that the running gateway was started with: its
+// a RESTGATE_* variable that the running gateway is running with: its
 // {$VAR:default} placeholders took the Caddyfile's defaults, which would
 // move the gateway (ports, admin address, data directory) without a word.
 // A variable with another value is an intended change and is accepted; so
@@ -41,7 +41,9 @@ func checkReloadEnv(adapted []string, running []string) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	return fmt.Errorf("reload refused: the configuration was adapted in a shell without %s, which this gateway was started with, "+
-		"so it would fall back to the Caddyfile's defaults; reload from the environment the gateway runs in (`make reload` does), "+
-		"or set the variables explicitly", strings.Join(missing, ", "))
+	return fmt.Errorf("reload refused: this shell has no %s, which the running gateway is running with, "+
+		"so the configuration would fall back to the Caddyfile's defaults; reload from the environment the gateway runs in "+
+		"(`make reload` from the shell that ran `make run`, or `systemctl reload restgate`). "+
+		"To drop a variable on purpose, set it to the value you want (its default in the Caddyfile's {$VAR:default}) for this reload, "+
+		"or restart the gateway without it", strings.Join(missing, ", "))
 }

@@ -16,7 +16,7 @@ func TestCheckReloadEnv(t *testing.T) {
 		{"same variables", []string{"RESTGATE_API_KEY", "RESTGATE_DATA", "RESTGATE_HTTPS_PORT"}, ""},
 		{"more variables", []string{"RESTGATE_ADMIN", "RESTGATE_API_KEY", "RESTGATE_DATA", "RESTGATE_HTTPS_PORT"}, ""},
 		{"bare shell", []string{}, "RESTGATE_DATA, RESTGATE_HTTPS_PORT"},
-		{"one missing", []string{"RESTGATE_API_KEY", "RESTGATE_DATA"}, "without RESTGATE_HTTPS_PORT,"},
+		{"one missing", []string{"RESTGATE_API_KEY", "RESTGATE_DATA"}, "this shell has no RESTGATE_HTTPS_PORT,"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := checkReloadEnv(tc.adapted, running)

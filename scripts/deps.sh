@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make deps` (run first by `make test`): the programs the tests start for
+# real, beyond Go and make. Missing ones are installed from Debian packages
+# when this shell can (root, or sudo without a password); otherwise one line
+# names the exact command, before any test runs.
+set -euo pipefail
+
+# command → Debian package
+declare -A pkg=(
+	[curl]=curl                 # the README's quick-start curls
+	[wrk]=wrk                   # the smoke of `make bench`
+	[nginx]=nginx-light         # …and its nginx row
+	[chromium]=chromium         # the browser tests (CORS, /docs, change feeds)
+	[certutil]=libnss3-tools    # …trusting the gateway's local CA in Chromium's profile
+	[systemd-analyze]=systemd   # deploy/'s units are verified
+	[python3]=python3           # the README's Python client
+	[node]=nodejs               # the README's Node client
+	[redis-server]=redis-server # the Redis, Sentinel and Cluster tests start their own
+	[redis-cli]=redis-tools     # …and create the Cluster with it
+)
+need=()
+for cmd in "${!pkg[@]}"; do
+	command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
+done
+# Debian keeps initdb and pg_ctl in /usr/lib/postgresql/<version>/bin
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl >/dev/null 2>&1; then
+	need+=(postgresql)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+install="apt-get install -y ${need[*]}"
+if command -v apt-get >/dev/null 2>&1; then
+	if [ "$(id -u)" -eq 0 ]; then
+		echo "make deps: installing ${need[*]}" >&2
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+		exit 0
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+		echo "make deps: installing ${need[*]}" >&2
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+		exit 0
+	fi
+	echo "make test needs ${need[*]}: install them with  sudo apt-get update && sudo $install  (then run make test again)" >&2
+else
+	echo "make test needs these programs (Debian package names): ${need[*]}; install them with your system's package manager, then run make test again" >&2
+fi
+exit 1
