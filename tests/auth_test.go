@@ -239,6 +239,11 @@ func TestFailSecureStart(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "restgate api-key") {
 		t.Fatalf("a config without keys validated (err %v):\n%s", err, out)
 	}
+	// what to do comes first, on its own line, not after Caddy's chain of
+	// "loading module … provision …"
+	if todo, chain := strings.Index(string(out), "restgate api-key"), strings.Index(string(out), "provision http"); chain >= 0 && todo > chain {
+		t.Errorf("the sentence that says what to do comes after the provisioning chain:\n%s", out)
+	}
 	cmd = exec.Command(binary, "validate", "--config", cfg)
 	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "RESTGATE_API_KEY=tok:someone"}
 	if out, err := cmd.CombinedOutput(); err != nil {

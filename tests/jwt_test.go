@@ -74,7 +74,7 @@ func TestJWTThroughGateway(t *testing.T) {
 		t.Errorf("GET with a read token: %d %s", r.StatusCode, r.Body)
 	}
 	m := AssertProblem(t, Do(t, c, "POST", g.URL("/v1/x"), "{}", "Authorization", read), 403)
-	if m["code"] != "insufficient_scope" {
+	if m["code"] != "insufficient_scope" || !strings.HasPrefix(fmt.Sprint(m["detail"]), "this token lacks the write scope") {
 		t.Errorf("POST with a read token: %v", m)
 	}
 	if r := Do(t, c, "POST", g.URL("/v1/x"), "{}", "Authorization", token("storage.read:/ storage.modify:/")); r.StatusCode != 200 {

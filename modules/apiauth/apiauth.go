@@ -252,9 +252,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch {
 	case len(ks.byHash) == 0 && len(h.JWT) > 0:
 	case len(ks.byHash) == 0 && !h.Development:
-		return fmt.Errorf("no API keys configured: refusing to start an API that anyone can use. " +
-			"Create a key with `restgate api-key --user <name> --out <file>` and set `keys_file <file>`, " +
-			"or set RESTGATE_API_KEY=<token>:<user>; for a local experiment only, add `development`")
+		// Caddy reports a provisioning error after the whole module chain
+		// (hundreds of characters); the sentence that says what to do is
+		// logged first, on its own line.
+		const todo = "no API keys configured: refusing to start an API that anyone can use. " +
+			"Create a key with `restgate api-key --user <name> --out <file>` and set `keys_file <file>` " +
+			"(`make run` does this for you), or set RESTGATE_API_KEY=<token>:<user>; for a local experiment only, add `development`"
+		h.logger.Error(todo)
+		return errors.New(todo)
 	case len(ks.byHash) == 0:
 		h.logger.Warn("DEVELOPMENT: api_auth has no keys; every request that needs a key is refused until one is added")
 	}
@@ -422,7 +427,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !k.has(scope) {
 		metrics.AuthInsufficientScope.Inc()
 		w.Header().Set("WWW-Authenticate", h.challenge+`, error="insufficient_scope", scope="`+scope+`"`)
-		return problem.Error(http.StatusForbidden, "insufficient_scope", "this key lacks the "+scope+" scope that "+r.Method+" needs")
+		what := "this key"
+		if k.issuerAny != nil {
+			what = "this token"
+		}
+		return problem.Error(http.StatusForbidden, "insufficient_scope", what+" lacks the "+scope+" scope that "+r.Method+" needs")
 	}
 
 	metrics.AuthOK.Inc()
