@@ -23,17 +23,33 @@ import (
 type Server struct {
 	Addr string
 	dir  string
+	args []string // the command line after the program
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
 // Start runs a redis-server on a free loopback port.
 func Start() (*Server, error) {
-	path, err := exec.LookPath("redis-server")
+	return start("restgate-redis-", func(dir string, port int) ([]string, error) {
+		return serverArgs(dir, port), nil
+	})
+}
+
+// serverArgs is a plain redis-server's command line.
+func serverArgs(dir string, port int) []string {
+	return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(dir, "redis.log")}
+}
+
+// start runs redis-server with the command line that args gives for a
+// temporary directory and a free loopback port, until it answers PING.
+func start(pattern string, args func(dir string, port int) ([]string, error)) (*Server, error) {
+	path, err := serverPath()
 	if err != nil {
-		return nil, errors.New("redis-server not found: install it with `apt-get install redis-server` (.ci/run does)")
+		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "restgate-redis-")
+	dir, err := os.MkdirTemp("", pattern)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +61,9 @@ func Start() (*Server, error) {
 			return nil, err
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if s.args, lastErr = args(dir, port); lastErr != nil {
+			break
+		}
 		if lastErr = s.run(path); lastErr == nil {
 			return s, nil
 		}
@@ -53,11 +72,16 @@ func Start() (*Server, error) {
 	return nil, lastErr
 }
 
+func serverPath() (string, error) {
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", errors.New("redis-server not found: install it with `apt-get install redis-server` (.ci/run does)")
+	}
+	return path, nil
+}
+
 func (s *Server) run(path string) error {
-	_, port, _ := net.SplitHostPort(s.Addr)
-	s.cmd = exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(s.dir, "redis.log"))
+	s.cmd = exec.Command(path, s.args...)
 	cmd := s.cmd
 	if err := cmd.Start(); err != nil {
 		return err
@@ -112,7 +136,7 @@ func (s *Server) Restart() error {
 	if s.Running() {
 		return nil
 	}
-	path, err := exec.LookPath("redis-server")
+	path, err := serverPath()
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,24 @@
 // modules that name Redis explicitly (`store redis`, `redis`) refuse to
 // load. A block without an address line connects to 127.0.0.1:6379.
 //
+// Instead of one address, a Sentinel-managed primary or a Redis Cluster:
+//
+//	redis {
+//		sentinels 10.0.0.1:26379 10.0.0.2:26379 10.0.0.3:26379
+//		master_name mymaster
+//		sentinel_password {env.RESTGATE_REDIS_SENTINEL_PASSWORD}
+//	}
+//
+//	redis {
+//		cluster 10.0.0.1:6379 10.0.0.2:6379 10.0.0.3:6379
+//	}
+//
+// go-redis's own clients follow a promotion (they ask the sentinels for the
+// primary on every new connection) and the cluster's slots. With either, an
+// empty address line is ignored (a Caddyfile may keep `address
+// {$RESTGATE_REDIS}`); a non-empty one, sentinels without master_name, a
+// cluster with sentinels or with a db other than 0 refuse to load.
+//
 // The password is read from the environment (or a file, `{file./path}`)
 // when the configuration is loaded, so it is never part of the JSON config
 // that the admin API shows, and never logged.
@@ -61,8 +79,27 @@ func init() {
 
 // App is the `redis` app.
 type App struct {
-	// host:port of the Redis (or Valkey) server. Default: 127.0.0.1:6379.
+	// host:port of the Redis (or Valkey) server. Default: 127.0.0.1:6379,
+	// unless Sentinels or Cluster is set (then it must be empty).
 	Address string `json:"address,omitempty"`
+	// host:port of each Redis Sentinel that watches the primary named
+	// MasterName: the client asks them for the primary on every new
+	// connection, and so follows a failover without a restart.
+	Sentinels  []string `json:"sentinels,omitempty"`
+	MasterName string   `json:"master_name,omitempty"`
+	// The sentinels' own ACL user and password, if they need one (the
+	// password may be a placeholder, expanded at load like Password).
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+	SentinelPassword string `json:"sentinel_password,omitempty"`
+	// host:port of some nodes of a Redis Cluster (seeds: the client learns
+	// the others and the slots from them).
+	Cluster []string `json:"cluster,omitempty"`
+	// Writes that should survive a failover (taking a shared lock) wait,
+	// on the connection that made them, until WaitReplicas replicas have
+	// them (WAIT), at most WaitTimeout (default: half of Timeout); with
+	// fewer, the write counts as failed. Default: 0, no waiting.
+	WaitReplicas int            `json:"wait_replicas,omitempty"`
+	WaitTimeout  caddy.Duration `json:"wait_timeout,omitempty"`
 	// No server: nothing connects, modules that follow the app (Enabled)
 	// stay local and those that require it (Get) refuse to load. The
 	// Caddyfile sets it for an address line whose value is empty.
@@ -97,8 +134,11 @@ type App struct {
 // not change the connection settings (a UsagePool entry).
 type conn struct {
 	client   redis.UniversalClient
+	cluster  bool
 	prefix   string
 	timeout  time.Duration
+	replicas int           // wait_replicas
+	wait     time.Duration // wait_timeout
 	circuits map[Purpose]*circuit
 	bus      *bus
 	batch    *batcher
@@ -122,13 +162,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if a.Disabled {
-		if a.Address != "" {
-			return fmt.Errorf("redis: disabled, yet the address is %s", a.Address)
+		if a.Address != "" || len(a.Sentinels) > 0 || len(a.Cluster) > 0 {
+			return fmt.Errorf("redis: disabled, yet a server is named (address %q, sentinels %q, cluster %q)", a.Address, a.Sentinels, a.Cluster)
 		}
 		a.logger.Info("redis: no address: shared stores stay local, no connection is made")
 		return nil
 	}
-	if a.Address == "" {
+	if err := a.checkTopology(); err != nil {
+		return err
+	}
+	if a.Address == "" && len(a.Sentinels) == 0 && len(a.Cluster) == 0 {
 		a.Address = "127.0.0.1:6379"
 	}
 	if a.KeyPrefix == "" {
@@ -143,12 +186,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.CircuitOpen == 0 {
 		a.CircuitOpen = caddy.Duration(5 * time.Second)
 	}
-	if a.DB < 0 || a.PoolSize < 0 || a.Timeout < 0 || a.DialTimeout < 0 || a.CircuitOpen < 0 {
-		return errors.New("redis: db, pool_size and durations must not be negative")
+	if a.WaitTimeout == 0 {
+		a.WaitTimeout = a.Timeout / 2
+	}
+	if a.DB < 0 || a.PoolSize < 0 || a.WaitReplicas < 0 || a.Timeout < 0 || a.DialTimeout < 0 || a.CircuitOpen < 0 || a.WaitTimeout < 0 {
+		return errors.New("redis: db, pool_size, wait_replicas and durations must not be negative")
+	}
+	if a.WaitReplicas > 0 && a.WaitTimeout >= a.Timeout {
+		return fmt.Errorf("redis: wait_timeout %v must be shorter than timeout %v (a WAIT is one command)", time.Duration(a.WaitTimeout), time.Duration(a.Timeout))
 	}
 	repl := caddy.NewReplacer()
 	password := repl.ReplaceAll(a.Password, "")
 	username := repl.ReplaceAll(a.Username, "")
+	sentinelPassword := repl.ReplaceAll(a.SentinelPassword, "")
+	sentinelUsername := repl.ReplaceAll(a.SentinelUsername, "")
 	var tlsConf *tls.Config
 	if a.TLS {
 		tlsConf = &tls.Config{ServerName: a.TLSServerName, MinVersion: tls.VersionTLS12}
@@ -165,12 +216,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	// the pool key covers every setting (the password by its presence
 	// and length only would be wrong: a changed password must reconnect)
-	a.poolKey = fmt.Sprint(a.Address, "\x00", username, "\x00", password, "\x00", a.DB, "\x00", a.TLS, a.TLSServerName, a.TLSCA,
-		"\x00", a.KeyPrefix, "\x00", a.DialTimeout, a.Timeout, a.CircuitOpen, a.PoolSize)
+	a.poolKey = fmt.Sprint(a.Address, "\x00", a.Sentinels, a.MasterName, sentinelUsername, "\x00", sentinelPassword, "\x00", a.Cluster,
+		"\x00", username, "\x00", password, "\x00", a.DB, "\x00", a.TLS, a.TLSServerName, a.TLSCA,
+		"\x00", a.KeyPrefix, "\x00", a.DialTimeout, a.Timeout, a.CircuitOpen, a.PoolSize, a.WaitReplicas, a.WaitTimeout)
 	logger := a.logger
 	val, _, err := pool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
-		client := redis.NewClient(&redis.Options{
-			Addr:         a.Address,
+		opts := &redis.UniversalOptions{
 			Username:     username,
 			Password:     password,
 			DB:           a.DB,
@@ -183,15 +234,34 @@ func (a *App) Provision(ctx caddy.Context) error {
 			// a request must not wait through retries of a dead server
 			MaxRetries:            -1,
 			ContextTimeoutEnabled: true,
-		})
+		}
+		var client redis.UniversalClient
+		where := a.Address
+		switch {
+		case len(a.Cluster) > 0:
+			opts.Addrs = a.Cluster
+			client = redis.NewClusterClient(opts.Cluster())
+			where = fmt.Sprintf("cluster %v", a.Cluster)
+		case len(a.Sentinels) > 0:
+			opts.Addrs, opts.MasterName = a.Sentinels, a.MasterName
+			opts.SentinelUsername, opts.SentinelPassword = sentinelUsername, sentinelPassword
+			client = redis.NewFailoverClient(opts.Failover())
+			where = fmt.Sprintf("sentinel primary %q via %v", a.MasterName, a.Sentinels)
+		default:
+			opts.Addrs = []string{a.Address}
+			client = redis.NewClient(opts.Simple())
+		}
 		c := &conn{
 			client:   client,
+			cluster:  len(a.Cluster) > 0,
 			prefix:   a.KeyPrefix,
 			timeout:  time.Duration(a.Timeout),
+			replicas: a.WaitReplicas,
+			wait:     time.Duration(a.WaitTimeout),
 			circuits: map[Purpose]*circuit{},
 		}
 		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish, PurposeRefund} {
-			c.circuits[p] = newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), a.Address, p)
+			c.circuits[p] = newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), where, p)
 		}
 		c.bus = newBus(c, a.KeyPrefix+"events", logger.Named("bus"))
 		c.batch = newBatcher(c)
@@ -201,6 +271,26 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.conn = val.(*conn)
+	return nil
+}
+
+// checkTopology refuses settings that name two topologies, or one by
+// halves.
+func (a *App) checkTopology() error {
+	sentinel := len(a.Sentinels) > 0 || a.MasterName != "" || a.SentinelUsername != "" || a.SentinelPassword != ""
+	cluster := len(a.Cluster) > 0
+	switch {
+	case cluster && sentinel:
+		return errors.New("redis: cluster and sentinels name two topologies: keep one")
+	case a.Address != "" && (cluster || sentinel):
+		return fmt.Errorf("redis: address %s and %s name two topologies: drop the address line (or leave its value empty)", a.Address, map[bool]string{true: "cluster", false: "sentinels"}[cluster])
+	case sentinel && len(a.Sentinels) == 0:
+		return errors.New("redis: master_name or a sentinel credential without sentinels: list the sentinels' addresses")
+	case sentinel && a.MasterName == "":
+		return errors.New("redis: sentinels without master_name: name the primary the sentinels watch (their `sentinel monitor <name> …`)")
+	case cluster && a.DB != 0:
+		return fmt.Errorf("redis: db %d with a cluster: Redis Cluster has only database 0", a.DB)
+	}
 	return nil
 }
 
@@ -256,6 +346,10 @@ func (a *App) Client() redis.UniversalClient { return a.conn.client }
 
 // Key is the prefixed name of a key.
 func (a *App) Key(name string) string { return a.conn.prefix + name }
+
+// IsCluster reports whether the app talks to a Redis Cluster, where the keys
+// of one command or script must share a slot (see Slot).
+func (a *App) IsCluster() bool { return a.conn.cluster }
 
 // Purpose names what a call is for; each purpose has its own circuit.
 type Purpose string
@@ -382,6 +476,37 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			default:
 				a.Address, a.Disabled = args[0], false
 			}
+		case "sentinels":
+			if a.Sentinels = d.RemainingArgs(); len(a.Sentinels) == 0 {
+				err = d.ArgErr()
+			}
+		case "master_name":
+			err = oneArg(d, &a.MasterName)
+		case "sentinel_username":
+			err = oneArg(d, &a.SentinelUsername)
+		case "sentinel_password":
+			err = oneArg(d, &a.SentinelPassword)
+		case "cluster":
+			if a.Cluster = d.RemainingArgs(); len(a.Cluster) == 0 {
+				err = d.ArgErr()
+			}
+		case "wait_replicas":
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 {
+				err = d.ArgErr()
+				break
+			}
+			if a.WaitReplicas, err = strconv.Atoi(args[0]); err != nil || a.WaitReplicas < 0 {
+				err = d.Errf("wait_replicas: %q is not a number of replicas", args[0])
+				break
+			}
+			if len(args) == 2 {
+				v, perr := caddy.ParseDuration(args[1])
+				if perr != nil || v <= 0 {
+					err = d.Errf("wait_replicas: %q is not a duration (use e.g. 50ms)", args[1])
+				}
+				a.WaitTimeout = caddy.Duration(v)
+			}
 		case "username":
 			err = oneArg(d, &a.Username)
 		case "password":
@@ -417,11 +542,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		case "circuit_open":
 			err = durationArg(d, &a.CircuitOpen)
 		default:
-			return nil, d.Errf("unrecognized redis option %q (valid: address, username, password, db, tls, tls_ca, key_prefix, dial_timeout, timeout, circuit_open, pool_size)", d.Val())
+			return nil, d.Errf("unrecognized redis option %q (valid: address, sentinels, master_name, sentinel_username, sentinel_password, cluster, username, password, db, tls, tls_ca, key_prefix, dial_timeout, timeout, circuit_open, pool_size, wait_replicas)", d.Val())
 		}
 		if err != nil {
 			return nil, err
 		}
+	}
+	if a.Disabled && (len(a.Sentinels) > 0 || len(a.Cluster) > 0) {
+		// `address {$RESTGATE_REDIS}` unset next to sentinels or a
+		// cluster: the block names its servers another way
+		a.Disabled = false
 	}
 	return httpcaddyfile.App{Name: "redis", Value: caddyconfig.JSON(a, nil)}, nil
 }

@@ -127,55 +127,47 @@ func (b *batcher) exec(batch []*scriptCall) {
 }
 
 // pipelineScripts runs each call's script by its hash in one pipeline.
-// Calls that Redis answers NOSCRIPT (it restarted, or its scripts were
-// flushed) are sent again once their scripts are loaded. It returns an
-// error only when the batch as a whole failed (the connection, a timeout).
+// Calls that Redis answers NOSCRIPT (it restarted, failed over, or its
+// scripts were flushed) are sent again with the script's source (EVAL,
+// which also caches it on that server). In a cluster go-redis sends each
+// call to its key's primary, and only those primaries that forgot the
+// script see the source. A call that Redis answered keeps its answer when
+// others of the batch were not (a cluster node that is down); the error
+// returned is the batch's failure for the rest (the connection, a timeout).
 func pipelineScripts(ctx context.Context, c redis.UniversalClient, batch []*scriptCall) error {
 	pending := batch
 	for attempt := 0; ; attempt++ {
 		cmds := make([]*redis.Cmd, len(pending))
-		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, perr := c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, call := range pending {
-				cmds[i] = call.script.EvalSha(ctx, p, call.keys, call.args...)
+				if attempt == 0 {
+					cmds[i] = call.script.EvalSha(ctx, p, call.keys, call.args...)
+				} else {
+					cmds[i] = call.script.Eval(ctx, p, call.keys, call.args...)
+				}
 			}
 			return nil
 		})
-		if err != nil && !isReply(err) {
-			return err
-		}
+		var err error // the first failure that is not an answer
 		var again []*scriptCall
 		for i, cmd := range cmds {
-			if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") && attempt == 0 {
+			cerr := cmd.Err()
+			if cerr == nil && cmd.Val() == nil && perr != nil {
+				cerr = perr // never sent (a script's nil is redis.Nil)
+			}
+			switch {
+			case attempt == 0 && redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 				again = append(again, pending[i])
-				continue
+			case cerr == nil || errors.Is(cerr, redis.Nil) || isReply(cerr):
+				pending[i].reply, pending[i].err, pending[i].answered = cmd.Val(), cerr, true
+			case err == nil:
+				err = cerr
 			}
-			pending[i].reply, pending[i].err, pending[i].answered = cmd.Val(), cmd.Err(), true
 		}
-		if len(again) == 0 {
-			return nil
+		if err != nil || len(again) == 0 {
+			return err
 		}
-		// load each script once; one that Redis refuses to compile fails
-		// its own calls
-		loaded := map[*redis.Script]error{}
-		pending = again[:0:0]
-		for _, call := range again {
-			err, seen := loaded[call.script]
-			if !seen {
-				err = call.script.Load(ctx, c).Err()
-				if err != nil && !isReply(err) {
-					return err
-				}
-				loaded[call.script] = err
-			}
-			if err != nil {
-				call.err, call.answered = err, true
-				continue
-			}
-			pending = append(pending, call)
-		}
-		if len(pending) == 0 {
-			return nil
-		}
+		pending = again
 	}
 }
 
