@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -210,9 +211,13 @@ func TestCommands(t *testing.T) {
 		}
 		return string(b)
 	}
-	// Caddy's version, then restgate's own
-	if v := out("version"); !strings.HasPrefix(v, "v2.") || !strings.Contains(v, " restgate ") {
-		t.Errorf("version = %q, want Caddy's version and restgate's", v)
+	// restgate's version, then Caddy's as Caddy prints it, in the form the
+	// README shows
+	if v := out("version"); !regexp.MustCompile(`^restgate \S+ v2\.\d+\.\d+ h1:\S+\n$`).MatchString(v) {
+		t.Errorf("version = %q, want `restgate <version> v2.x.y h1:…`", v)
+	}
+	if !strings.Contains(repoFile(t, "README.md"), "`restgate <git describe> v2.") {
+		t.Error("the README no longer shows `restgate version`'s form")
 	}
 	mods := out("list-modules")
 	for _, id := range []string{"http.matchers.api_host", "http.handlers.api_errors", "http.handlers.reverse_proxy"} {

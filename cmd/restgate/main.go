@@ -24,21 +24,15 @@ func main() {
 	caddycmd.Main()
 }
 
-// versionString is Caddy's version followed by restgate's, as `restgate
-// version` prints it: `v2.11.9 restgate v0.3.0-12-gabc1234`.
+// versionString is restgate's version as `restgate version` shows it,
+// before Caddy's own (its module version and checksum, which Caddy appends):
+// `restgate v0.3.0-12-gabc1234 v2.11.9 h1:…`. Without a version from
+// -ldflags, the build's module version or VCS revision is used.
 func versionString(v string) string {
-	caddyVersion := "v2"
-	info, ok := debug.ReadBuildInfo()
-	if ok {
-		for _, dep := range info.Deps {
-			if dep.Path == "github.com/caddyserver/caddy/v2" {
-				caddyVersion = dep.Version
-			}
-		}
-		if v == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+	if info, ok := debug.ReadBuildInfo(); ok && v == "" {
+		if info.Main.Version != "" && info.Main.Version != "(devel)" {
 			v = info.Main.Version
-		}
-		if v == "" {
+		} else {
 			rev, dirty := "", false
 			for _, s := range info.Settings {
 				switch s.Key {
@@ -62,5 +56,5 @@ func versionString(v string) string {
 	if v == "" {
 		v = "devel"
 	}
-	return caddyVersion + " restgate " + v
+	return "restgate " + v
 }
