@@ -356,7 +356,7 @@ func TestRedisBucketsExpire(t *testing.T) {
 	}
 	c := testRedis.Client()
 	defer c.Close()
-	ttl, err := c.PTTL(context.Background(), h.Zones[0].redisPrefix+"ttl-user").Result()
+	ttl, err := c.PTTL(context.Background(), redisKey(h.Zones[0], "ttl-user")).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -89,18 +90,39 @@ func (z *Zone) redisKeyPrefix(app *redisapp.App) string {
 	return app.Key("rl:" + z.Name + ":" + hex.EncodeToString(sum[:4]) + ":")
 }
 
+// redisKey is the bucket of key in zone z:
+// <key_prefix>rl:<zone>:<fingerprint>:{<key>}. The key is the hash tag, so
+// that in a Redis Cluster one request's buckets of one principal (or one
+// address) share a slot and are decided by one script, whatever the zone.
+func redisKey(z *Zone, key string) string {
+	return z.redisPrefix + redisapp.Tag(key)
+}
+
 // decide takes a token for each ask, all or nothing; it returns the
 // decisions up to and including the first refused one (as the local store
 // does), and an error when Redis could not decide.
+//
+// In a Redis Cluster a script may touch one slot only. Buckets of
+// different keys (a per-user and a per-IP zone) are in different slots:
+// each slot's buckets are decided by their own script, all or nothing
+// there, at once; when one slot refuses, what the others took is given
+// back before the answer (decideSplit).
 func (rd *redisDecider) decide(ctx context.Context, asks []ask, now time.Time, out []Decision) (int, error) {
 	keys := make([]string, len(asks))
-	args := make([]any, 2, 2+2*len(asks))
-	args[0], args[1] = rd.clockArg(now), "1"
 	for i, a := range asks {
-		keys[i] = a.zone.redisPrefix + a.key
-		args = append(args, perMicro(a.zone.perSecond), a.zone.burst)
+		keys[i] = redisKey(a.zone, a.key)
 	}
-	res, err := rd.run(ctx, keys, args)
+	var groups [][]int
+	if len(keys) > 1 && rd.app.IsCluster() {
+		groups = slotGroups(keys)
+	}
+	var res []float64
+	var err error
+	if len(groups) > 1 {
+		res, err = rd.decideSplit(ctx, asks, keys, groups, now)
+	} else {
+		res, err = rd.run(ctx, keys, rd.args(asks, now, "1"))
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -120,6 +142,111 @@ func (rd *redisDecider) decide(ctx context.Context, asks []ask, now time.Time, o
 		out[i] = d
 	}
 	return n, nil
+}
+
+// args are the script's arguments for asks: the clock, take ("1") or
+// refund ("0"), then each bucket's refill and size.
+func (rd *redisDecider) args(asks []ask, now time.Time, take string) []any {
+	args := make([]any, 2, 2+2*len(asks))
+	args[0], args[1] = rd.clockArg(now), take
+	for _, a := range asks {
+		args = append(args, perMicro(a.zone.perSecond), a.zone.burst)
+	}
+	return args
+}
+
+// slotGroups groups the indexes of keys by cluster slot, in order.
+func slotGroups(keys []string) [][]int {
+	var groups [][]int
+	var slots []int
+next:
+	for i, k := range keys {
+		s := redisapp.Slot(k)
+		for g, gs := range slots {
+			if gs == s {
+				groups[g] = append(groups[g], i)
+				continue next
+			}
+		}
+		slots = append(slots, s)
+		groups = append(groups, []int{i})
+	}
+	return groups
+}
+
+// decideSplit decides each slot's group of buckets with its own script,
+// concurrently, and merges the replies into one as the single script
+// gives it: the first refused bucket in zone order, then every bucket's
+// tokens. When a group refused, the groups that took their tokens give
+// them back (one refund script each) before the answer, and report the
+// tokens after that; a group whose refund fails keeps them spent (the
+// bucket refills at its rate), as an earlier handler's failed refund does.
+// When a group could not be decided, the others' tokens are given back
+// and the error returned.
+func (rd *redisDecider) decideSplit(ctx context.Context, asks []ask, keys []string, groups [][]int, now time.Time) ([]float64, error) {
+	type part struct {
+		asks []ask
+		keys []string
+		res  []float64
+		err  error
+	}
+	parts := make([]part, len(groups))
+	var wg sync.WaitGroup
+	for g, idx := range groups {
+		p := &parts[g]
+		for _, i := range idx {
+			p.asks, p.keys = append(p.asks, asks[i]), append(p.keys, keys[i])
+		}
+		wg.Go(func() { p.res, p.err = rd.run(ctx, p.keys, rd.args(p.asks, now, "1")) })
+	}
+	wg.Wait()
+	res := make([]float64, len(keys)+1)
+	var err error
+	refused := len(keys) // none
+	for g, idx := range groups {
+		p := &parts[g]
+		if p.err != nil {
+			err = p.err
+			continue
+		}
+		if r := int(p.res[0]) - 1; r >= 0 {
+			refused = min(refused, idx[r])
+		}
+		for j, i := range idx {
+			res[i+1] = p.res[j+1]
+		}
+	}
+	if err == nil && refused == len(keys) {
+		return res, nil
+	}
+	// give back what the groups that admitted took
+	for g, idx := range groups {
+		p := &parts[g]
+		if p.err != nil || p.res[0] != 0 {
+			continue
+		}
+		wg.Go(func() {
+			var v any
+			if rd.app.DoFor(context.Background(), redisapp.PurposeRefund, func(ctx context.Context, c redis.UniversalClient) error {
+				var err error
+				v, err = bucketScript.Run(ctx, c, p.keys, rd.args(p.asks, now, "0")...).Result()
+				return err
+			}) != nil {
+				return
+			}
+			if back, perr := parseReply(v, p.keys); perr == nil {
+				for j, i := range idx {
+					res[i+1] = back[j+1]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	res[0] = float64(refused + 1)
+	return res, nil
 }
 
 func (rd *redisDecider) clockArg(now time.Time) string {
