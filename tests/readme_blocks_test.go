@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -155,4 +156,79 @@ func runBinary(dir, stdin string, args ...string) (string, error) {
 		return stdout.String() + stderr.String(), err
 	}
 	return stdout.String(), nil
+}
+
+// readmeShellNotRun names the README's sh blocks that cannot run here, by
+// a line they contain, with the reason; every other sh block runs.
+var readmeShellNotRun = map[string]string{
+	"make test    #":               "the first screen's make targets: `make test` is this run",
+	"RESTGATE_REDIS=10.0.0.5:6379": "a recipe for other machines (tests/scaleout_test.go runs the switch)",
+	"xcaddy build --with":          "`make xcaddy-check` builds it (in .ci/run)",
+	"KEY=$(cat data/dev.key)":      "TestReadmeQuickStart runs it",
+}
+
+// TestReadmeShellBlocks runs every other ```sh block of the README as
+// pasted, in README order, in a directory laid out as `make run` leaves it
+// (bin/restgate, data/ with the development key) against a gateway on the
+// default Caddyfile, with the quick start's CA and KEY set; only the port
+// differs. Under a command, a `# {…}` line is JSON it must print, where `…`
+// stands for any text.
+func TestReadmeShellBlocks(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if out, err := exec.Command("bash", filepath.Join(repoDir(t), "scripts", "dev-key.sh"), binary, data).CombinedOutput(); err != nil {
+		t.Fatalf("dev-key.sh: %v\n%s", err, out)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(binary, filepath.Join(dir, "bin", "restgate")); err != nil {
+		t.Fatal(err)
+	}
+	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{Dir: data})
+	port := strconv.Itoa(g.HTTPS)
+	prelude := "CA=data/caddy/pki/authorities/local/root.crt\nKEY=$(cat data/dev.key)\n"
+
+	ran := 0
+	for _, f := range readmeFences(t) {
+		if f.lang != "sh" {
+			continue
+		}
+		if reason := notRun(f.text); reason != "" {
+			t.Logf("README.md:%d: not run: %s", f.line, reason)
+			continue
+		}
+		ran++
+		script := strings.ReplaceAll(f.text, ":8443", ":"+port)
+		cmd := exec.Command("bash", "-euo", "pipefail", "-c", prelude+script)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("README.md:%d: the block failed: %v\n%s\n--- block:\n%s", f.line, err, out, f.text)
+			continue
+		}
+		for _, line := range strings.Split(f.text, "\n") {
+			want, ok := strings.CutPrefix(line, "# ")
+			if !ok || !strings.HasPrefix(want, "{") {
+				continue
+			}
+			pattern := strings.ReplaceAll(regexp.QuoteMeta(want), "…", ".*?")
+			if !regexp.MustCompile(pattern).Match(out) {
+				t.Errorf("README.md:%d: the README promises %s; the block printed:\n%s", f.line, want, out)
+			}
+		}
+	}
+	if ran < 3 {
+		t.Fatalf("ran only %d sh blocks of the README; the classification is broken", ran)
+	}
+}
+
+func notRun(text string) string {
+	for marker, reason := range readmeShellNotRun {
+		if strings.Contains(text, marker) {
+			return reason
+		}
+	}
+	return ""
 }
