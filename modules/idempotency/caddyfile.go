@@ -24,6 +24,8 @@ import (
 //		max_in_flight <count>
 //		max_in_flight_total <count>
 //		docs_url <url>
+//		store local|redis|auto
+//		claim_lease <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -43,14 +45,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			ok = len(h.Required) > 0
 		case "docs_url":
 			ok = d.AllArgs(&h.DocsURL)
-		case "ttl":
+		case "store":
+			if ok = d.AllArgs(&h.Store); ok && h.Store != StoreLocal && h.Store != StoreRedis && h.Store != StoreAuto {
+				return d.Errf("store must be %s, %s or %s (redis when the redis global option has an address, else local)", StoreLocal, StoreRedis, StoreAuto)
+			}
+		case "ttl", "claim_lease":
 			var v string
 			if ok = d.AllArgs(&v); ok {
 				dur, err := caddy.ParseDuration(v)
 				if err != nil || dur <= 0 {
-					return d.Errf("ttl: invalid duration '%s' (use a duration such as 24h or 30m)", v)
+					return d.Errf("%s: invalid duration '%s' (use a duration such as 24h or 30m)", opt, v)
 				}
-				h.TTL = caddy.Duration(dur)
+				if opt == "ttl" {
+					h.TTL = caddy.Duration(dur)
+				} else {
+					h.ClaimLease = caddy.Duration(dur)
+				}
 			}
 		case "max_body", "max_size", "principal_quota":
 			var v string

@@ -37,7 +37,7 @@ func newClock() *testclock.Clock {
 // mustBegin claims key for principal, failing the test if it cannot.
 func mustBegin(t *testing.T, s Store, clk *testclock.Clock, principal, key string) *Claim {
 	t.Helper()
-	c, rec, err := s.Begin(principal, key, Fingerprint{}, clk.Now(), time.Hour)
+	c, rec, err := s.Begin(context.Background(), principal, key, Fingerprint{}, clk.Now(), time.Hour)
 	if c == nil {
 		t.Fatalf("Begin(%s, %s) = %+v, %v; want a claim", principal, key, rec, err)
 	}
@@ -46,9 +46,9 @@ func mustBegin(t *testing.T, s Store, clk *testclock.Clock, principal, key strin
 
 // held returns what key holds: "free", "in flight", "discarded <status>"
 // or "stored <status>". Looking frees nothing: a free key is released.
-func held(t *testing.T, s Store, clk *testclock.Clock, principal, key string) string {
+func held(t *testing.T, s Store, clk interface{ Now() time.Time }, principal, key string) string {
 	t.Helper()
-	c, rec, err := s.Begin(principal, key, Fingerprint{}, clk.Now(), time.Hour)
+	c, rec, err := s.Begin(context.Background(), principal, key, Fingerprint{}, clk.Now(), time.Hour)
 	switch {
 	case err != nil:
 		return err.Error()
@@ -127,13 +127,16 @@ func TestClaimOwnership(t *testing.T) {
 			return held(t, s, clk, "user:alice", "k2")
 		}, ErrPrincipalBusy.Error()},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := newMemStore(limits{maxBytes: 1 << 20, quota: 1 << 20, inFlight: 1, inFlightTotal: 10})
-			if got := tt.run(t, s, newClock()); got != tt.want {
-				t.Errorf("the key holds %q, want %q", got, tt.want)
-			}
-		})
+	for _, st := range testStores {
+		for _, tt := range tests {
+			t.Run(st.name+"/"+tt.name, func(t *testing.T) {
+				clk := newClock()
+				s := st.new(t, clk, limits{maxBytes: 1 << 20, quota: 1 << 20, inFlight: 1, inFlightTotal: 10})
+				if got := tt.run(t, s, clk); got != tt.want {
+					t.Errorf("the key holds %q, want %q", got, tt.want)
+				}
+			})
+		}
 	}
 }
 
@@ -186,30 +189,32 @@ func TestInFlightBounds(t *testing.T) {
 		{"another principal is not held back", []string{"a", "a", "a", "b", "b"}, []error{nil, nil, ErrPrincipalBusy, nil, nil}},
 		{"the store's bound", []string{"a", "a", "b", "b", "c", "c"}, []error{nil, nil, nil, nil, nil, ErrStoreBusy}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			clk := newClock()
-			s := newMemStore(limits{maxBytes: 1 << 20, quota: 1 << 20, inFlight: 2, inFlightTotal: 5})
-			var claims []*Claim
-			for i, who := range tt.claims {
-				c, _, err := s.Begin(who, testKey(i), Fingerprint{}, clk.Now(), time.Hour)
-				if !errors.Is(err, tt.want[i]) || (err == nil) != (c != nil) {
-					t.Fatalf("claim %d by %s: %v, %v; want %v", i, who, c, err, tt.want[i])
+	for _, st := range testStores {
+		for _, tt := range tests {
+			t.Run(st.name+"/"+tt.name, func(t *testing.T) {
+				clk := newClock()
+				s := st.new(t, clk, limits{maxBytes: 1 << 20, quota: 1 << 20, inFlight: 2, inFlightTotal: 5})
+				var claims []*Claim
+				for i, who := range tt.claims {
+					c, _, err := s.Begin(context.Background(), who, testKey(i), Fingerprint{}, clk.Now(), time.Hour)
+					if !errors.Is(err, tt.want[i]) || (err == nil) != (c != nil) {
+						t.Fatalf("claim %d by %s: %v, %v; want %v", i, who, c, err, tt.want[i])
+					}
+					if c != nil {
+						claims = append(claims, c)
+					}
 				}
-				if c != nil {
-					claims = append(claims, c)
+				if n := inFlightCount(s); n != len(claims) {
+					t.Errorf("%d claims counted in flight, want %d", n, len(claims))
 				}
-			}
-			if s.inFlight != len(claims) {
-				t.Errorf("%d claims counted in flight, want %d", s.inFlight, len(claims))
-			}
-			// settling one frees a slot for its principal
-			last := claims[len(claims)-1]
-			s.Complete(last, testRecord(clk.Now(), 201))
-			if c, _, err := s.Begin(last.principal, "again", Fingerprint{}, clk.Now(), time.Hour); c == nil {
-				t.Errorf("after a claim settled, %s could not claim: %v", last.principal, err)
-			}
-		})
+				// settling one frees a slot for its principal
+				last := claims[len(claims)-1]
+				s.Complete(last, testRecord(clk.Now(), 201))
+				if c, _, err := s.Begin(context.Background(), last.principal, "again", Fingerprint{}, clk.Now(), time.Hour); c == nil {
+					t.Errorf("after a claim settled, %s could not claim: %v", last.principal, err)
+				}
+			})
+		}
 	}
 }
 
@@ -297,56 +302,58 @@ func TestQuotas(t *testing.T) {
 // bound gets a 429 problem, the store over its bound a 503, and neither
 // reaches the backend; another principal is not held back.
 func TestRefusedClaims(t *testing.T) {
-	h, _ := newHandler(t, "api_idempotency {\n max_in_flight 2\n max_in_flight_total 3\n}")
-	b := &backend{release: make(chan struct{})}
-	var wg sync.WaitGroup
-	start := func(user, k string) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			send(h, b, req{user: user, body: "{}", headers: []string{KeyHeader, `"` + k + `"`}})
-		}()
-	}
-	start("alice", "a1")
-	start("alice", "a2")
-	waitCalls(t, b, 2)
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		h, _ := newHandler(t, "api_idempotency {\n max_in_flight 2\n max_in_flight_total 3\n}")
+		b := &backend{release: make(chan struct{})}
+		var wg sync.WaitGroup
+		start := func(user, k string) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				send(h, b, req{user: user, body: "{}", headers: []string{KeyHeader, `"` + k + `"`}})
+			}()
+		}
+		start("alice", "a1")
+		start("alice", "a2")
+		waitCalls(t, b, 2)
 
-	tests := []struct {
-		name, user, key string
-		wantStatus      int
-		wantCode        string
-	}{
-		{"the principal's bound", "alice", "a3", 429, "idempotency_in_flight_limit"},
-		{"anonymous clients are a principal too", "", "n1", 0, ""},
-		{"the store's bound", "bob", "b1", 503, "idempotency_store_busy"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.wantStatus == 0 { // this one is let through, and holds its slot
-				start(tt.user, tt.key)
-				waitCalls(t, b, 3)
-				return
-			}
-			probe := &backend{} // never blocks: a request let through by mistake answers at once
-			w, err := send(h, probe, req{user: tt.user, body: "{}", headers: []string{KeyHeader, `"` + tt.key + `"`}})
-			p := problemOf(t, err)
-			if got := statusOf(w, err); got != tt.wantStatus || p.Code != tt.wantCode || w.Header().Get("Retry-After") == "" {
-				t.Errorf("status %d code %q Retry-After %q; want %d %q and a Retry-After", got, p.Code, w.Header().Get("Retry-After"), tt.wantStatus, tt.wantCode)
-			}
-			if tt.wantStatus == 429 && p.Type != problem.TypeQuotaExceeded {
-				t.Errorf("type %q, want %q", p.Type, problem.TypeQuotaExceeded)
-			}
-			if probe.calls.Load() != 0 {
-				t.Error("a refused request reached the backend")
-			}
-		})
-	}
-	close(b.release)
-	wg.Wait()
-	// settled: every slot is free again
-	if w, err := send(h, b, req{user: "alice", body: "{}", headers: []string{KeyHeader, `"a3"`}}); statusOf(w, err) != 201 {
-		t.Errorf("after the requests in flight finished: %d %v, want 201", statusOf(w, err), err)
-	}
+		tests := []struct {
+			name, user, key string
+			wantStatus      int
+			wantCode        string
+		}{
+			{"the principal's bound", "alice", "a3", 429, "idempotency_in_flight_limit"},
+			{"anonymous clients are a principal too", "", "n1", 0, ""},
+			{"the store's bound", "bob", "b1", 503, "idempotency_store_busy"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if tt.wantStatus == 0 { // this one is let through, and holds its slot
+					start(tt.user, tt.key)
+					waitCalls(t, b, 3)
+					return
+				}
+				probe := &backend{} // never blocks: a request let through by mistake answers at once
+				w, err := send(h, probe, req{user: tt.user, body: "{}", headers: []string{KeyHeader, `"` + tt.key + `"`}})
+				p := problemOf(t, err)
+				if got := statusOf(w, err); got != tt.wantStatus || p.Code != tt.wantCode || w.Header().Get("Retry-After") == "" {
+					t.Errorf("status %d code %q Retry-After %q; want %d %q and a Retry-After", got, p.Code, w.Header().Get("Retry-After"), tt.wantStatus, tt.wantCode)
+				}
+				if tt.wantStatus == 429 && p.Type != problem.TypeQuotaExceeded {
+					t.Errorf("type %q, want %q", p.Type, problem.TypeQuotaExceeded)
+				}
+				if probe.calls.Load() != 0 {
+					t.Error("a refused request reached the backend")
+				}
+			})
+		}
+		close(b.release)
+		wg.Wait()
+		// settled: every slot is free again
+		if w, err := send(h, b, req{user: "alice", body: "{}", headers: []string{KeyHeader, `"a3"`}}); statusOf(w, err) != 201 {
+			t.Errorf("after the requests in flight finished: %d %v, want 201", statusOf(w, err), err)
+		}
+	})
 }
 
 // TestStaleClaimThroughHandler: a first request that outlives its claim
@@ -354,80 +361,84 @@ func TestRefusedClaims(t *testing.T) {
 // took the key after it, and its late end must not overwrite that one's
 // response.
 func TestStaleClaimThroughHandler(t *testing.T) {
-	tests := []struct {
-		name        string
-		firstStatus int // what the slow first request finally answers
-	}{
-		{"the first fails and releases", 503},
-		{"the first succeeds and completes", 201},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h, clk := newHandler(t, "api_idempotency {\n ttl 1h\n}")
-			slow := &backend{release: make(chan struct{}), status: tt.firstStatus}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				send(h, slow, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
-			}()
-			waitCalls(t, slow, 1)
-			clk.Add(2 * time.Hour) // the first outlives its claim
-			second := &backend{release: make(chan struct{})}
-			secondCode := make(chan int, 1)
-			go func() {
-				w, err := send(h, second, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
-				secondCode <- statusOf(w, err)
-			}()
-			waitCalls(t, second, 1) // the second holds the key now
-			close(slow.release)
-			<-done
-			// retries: a backend that never blocks, and answers 202
-			retries := &backend{status: http.StatusAccepted}
-			if w, err := send(h, retries, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}}); statusOf(w, err) != 409 {
-				t.Errorf("while the second is in flight, a retry got %d, want 409 (the backend ran it %d times)", statusOf(w, err), retries.calls.Load())
-			}
-			close(second.release)
-			if got := <-secondCode; got != 201 {
-				t.Fatalf("the second request: %d", got)
-			}
-			w, err := send(h, retries, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
-			if statusOf(w, err) != 201 || w.Header().Get(ReplayedHeader) != "true" || retries.calls.Load() != 0 {
-				t.Errorf("a retry after both: %d replayed %q, the backend ran retries %d times; want the second's 201 replayed", statusOf(w, err), w.Header().Get(ReplayedHeader), retries.calls.Load())
-			}
-		})
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		tests := []struct {
+			name        string
+			firstStatus int // what the slow first request finally answers
+		}{
+			{"the first fails and releases", 503},
+			{"the first succeeds and completes", 201},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				h, clk := newHandler(t, "api_idempotency {\n ttl 1h\n}")
+				slow := &backend{release: make(chan struct{}), status: tt.firstStatus}
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					send(h, slow, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
+				}()
+				waitCalls(t, slow, 1)
+				clk.Add(2 * time.Hour) // the first outlives its claim
+				second := &backend{release: make(chan struct{})}
+				secondCode := make(chan int, 1)
+				go func() {
+					w, err := send(h, second, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
+					secondCode <- statusOf(w, err)
+				}()
+				waitCalls(t, second, 1) // the second holds the key now
+				close(slow.release)
+				<-done
+				// retries: a backend that never blocks, and answers 202
+				retries := &backend{status: http.StatusAccepted}
+				if w, err := send(h, retries, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}}); statusOf(w, err) != 409 {
+					t.Errorf("while the second is in flight, a retry got %d, want 409 (the backend ran it %d times)", statusOf(w, err), retries.calls.Load())
+				}
+				close(second.release)
+				if got := <-secondCode; got != 201 {
+					t.Fatalf("the second request: %d", got)
+				}
+				w, err := send(h, retries, req{user: "alice", body: "{}", headers: []string{KeyHeader, key}})
+				if statusOf(w, err) != 201 || w.Header().Get(ReplayedHeader) != "true" || retries.calls.Load() != 0 {
+					t.Errorf("a retry after both: %d replayed %q, the backend ran retries %d times; want the second's 201 replayed", statusOf(w, err), w.Header().Get(ReplayedHeader), retries.calls.Load())
+				}
+			})
+		}
+	})
 }
 
 // TestDiscardedResponse: a response too large to keep is not run again on
 // a retry: the retry is a 409 problem that gives its status and Location.
 func TestDiscardedResponse(t *testing.T) {
-	tests := []struct {
-		name, cfg string
-	}{
-		{"larger than max_body", "api_idempotency {\n max_body 16\n}"},
-		{"larger than the principal's quota", "api_idempotency {\n max_size 64KiB\n principal_quota 300\n}"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h, _ := newHandler(t, tt.cfg)
-			b := &backend{}
-			if w, err := send(h, b, req{user: "alice", headers: []string{KeyHeader, key}}); statusOf(w, err) != 201 {
-				t.Fatalf("first: %d %v", statusOf(w, err), err)
-			}
-			w, err := send(h, b, req{user: "alice", headers: []string{KeyHeader, key}})
-			p := problemOf(t, err)
-			if statusOf(w, err) != 409 || p.Code != "idempotency_response_not_stored" || p.Extensions["original_status"] != 201 ||
-				p.Extensions["original_location"] != "/v1/events/e1" {
-				t.Errorf("retry: %d %+v", statusOf(w, err), p)
-			}
-			if b.calls.Load() != 1 {
-				t.Errorf("the backend ran %d times, want once", b.calls.Load())
-			}
-			if js, _ := json.Marshal(p); !strings.Contains(string(js), `"original_status":201`) {
-				t.Errorf("the problem reads %s", js)
-			}
-		})
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		tests := []struct {
+			name, cfg string
+		}{
+			{"larger than max_body", "api_idempotency {\n max_body 16\n}"},
+			{"larger than the principal's quota", "api_idempotency {\n max_size 64KiB\n principal_quota 300\n}"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				h, _ := newHandler(t, tt.cfg)
+				b := &backend{}
+				if w, err := send(h, b, req{user: "alice", headers: []string{KeyHeader, key}}); statusOf(w, err) != 201 {
+					t.Fatalf("first: %d %v", statusOf(w, err), err)
+				}
+				w, err := send(h, b, req{user: "alice", headers: []string{KeyHeader, key}})
+				p := problemOf(t, err)
+				if statusOf(w, err) != 409 || p.Code != "idempotency_response_not_stored" || p.Extensions["original_status"] != 201 ||
+					p.Extensions["original_location"] != "/v1/events/e1" {
+					t.Errorf("retry: %d %+v", statusOf(w, err), p)
+				}
+				if b.calls.Load() != 1 {
+					t.Errorf("the backend ran %d times, want once", b.calls.Load())
+				}
+				if js, _ := json.Marshal(p); !strings.Contains(string(js), `"original_status":201`) {
+					t.Errorf("the problem reads %s", js)
+				}
+			})
+		}
+	})
 }
 
 // TestLimitsConfig: the new options parse, take their defaults and are

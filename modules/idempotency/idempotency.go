@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,11 +26,19 @@ import (
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/modules/problem"
+	"github.com/restgate/restgate/modules/redisapp"
 )
 
 func init() {
 	caddy.RegisterModule(Handler{})
 }
+
+// Stores.
+const (
+	StoreLocal = "local"
+	StoreRedis = "redis"
+	StoreAuto  = "auto" // redis when the redis app is configured with an address, else local
+)
 
 // The header names.
 const (
@@ -121,7 +130,24 @@ type Handler struct {
 	// README's section.
 	DocsURL string `json:"docs_url,omitempty"`
 
+	// Where the records live: `local` (default: this process's memory),
+	// `redis` (the redis app's server, shared by every gateway that uses
+	// it, so that a retry sent to another gateway, or after a restart, is
+	// answered the same way; the app must be configured with an address),
+	// or `auto` (redis when the redis app is configured with an address,
+	// else local). With Redis, a request with a key that cannot be claimed
+	// because Redis cannot be reached is refused with a 503 problem and a
+	// Retry-After (fail closed: never carried out unprotected). See redis.go.
+	Store string `json:"store,omitempty"`
+
+	// With Redis: how long a claim in flight lives unless its gateway
+	// renews it (every claim_lease/3 while the request runs). A gateway
+	// that dies mid-request holds its keys this long: until then a retry
+	// is a 409 problem, after it the retry runs. Default: 10s.
+	ClaimLease caddy.Duration `json:"claim_lease,omitempty"`
+
 	store   Store
+	redis   *redisapp.App // the redis store's app; nil for the local one
 	poolKey string
 	methods map[string]bool
 	now     func() time.Time
@@ -196,6 +222,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			}
 		}
 	}
+	if h.ClaimLease == 0 {
+		h.ClaimLease = caddy.Duration(defaultClaimLease)
+	}
+	switch h.Store {
+	case "", StoreLocal:
+	case StoreRedis, StoreAuto:
+		get := redisapp.Get
+		if h.Store == StoreAuto {
+			get = redisapp.Enabled
+		}
+		app, err := get(ctx)
+		if err != nil {
+			return err
+		}
+		if app != nil {
+			h.redis = app
+			if h.store == nil {
+				h.store = newRedisStore(app, h.limits(), time.Duration(h.ClaimLease), h.logger)
+			}
+		}
+	default:
+		return fmt.Errorf("store must be %s, %s or %s, not %q", StoreLocal, StoreRedis, StoreAuto, h.Store)
+	}
 	if h.store == nil {
 		lim := h.limits()
 		h.poolKey = fmt.Sprintf("idempotency:%+v", lim)
@@ -213,8 +262,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.TTL < 0 || h.MaxBody < 0 || h.MaxSize < 0 || h.PrincipalQuota < 0 || h.MaxInFlight < 0 || h.MaxInFlightTotal < 0 {
-		return fmt.Errorf("ttl, max_body, max_size, principal_quota, max_in_flight and max_in_flight_total must not be negative")
+	if h.TTL < 0 || h.MaxBody < 0 || h.MaxSize < 0 || h.PrincipalQuota < 0 || h.MaxInFlight < 0 || h.MaxInFlightTotal < 0 || h.ClaimLease < 0 {
+		return fmt.Errorf("ttl, max_body, max_size, principal_quota, max_in_flight, max_in_flight_total and claim_lease must not be negative")
 	}
 	if h.PrincipalQuota > h.MaxSize {
 		return fmt.Errorf("principal_quota (%d bytes) must not exceed max_size (%d bytes)", h.PrincipalQuota, h.MaxSize)
@@ -262,7 +311,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	fp := fingerprint(r, body)
 	who := principal(r)
-	claim, rec, err := h.store.Begin(who, scope(who, r, idemKey), fp, h.now(), time.Duration(h.TTL))
+	// a client that goes away is answered as one that waits: its request,
+	// once claimed, is carried out, and its retry finds the result
+	claim, rec, err := h.store.Begin(context.WithoutCancel(r.Context()), who, scope(who, r, idemKey), fp, h.now(), time.Duration(h.TTL))
 	switch {
 	case err != nil:
 		return h.refuse(w, err)
@@ -318,6 +369,15 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 // not carried out.
 func (h *Handler) refuse(w http.ResponseWriter, err error) error {
 	w.Header().Set("Retry-After", "1")
+	if errors.Is(err, ErrStoreUnavailable) {
+		if h.redis != nil {
+			if retry := h.redis.RetryInFor(claimPurpose); retry > time.Second {
+				w.Header().Set("Retry-After", strconv.FormatInt(int64((retry+time.Second-1)/time.Second), 10))
+			}
+		}
+		return problem.Error(http.StatusServiceUnavailable, "idempotency_unavailable",
+			"the gateway cannot reach the shared store of Idempotency-Keys right now, so it cannot tell whether this request was already carried out; it was not carried out: retry after the Retry-After delay")
+	}
 	if errors.Is(err, ErrPrincipalBusy) {
 		p := problem.New(http.StatusTooManyRequests, fmt.Sprintf(
 			"you have %d requests with an Idempotency-Key in flight, the most this gateway takes at once; this one was not carried out: retry after the Retry-After delay", h.MaxInFlight))

@@ -120,53 +120,57 @@ func statusOf(w *httptest.ResponseRecorder, err error) int {
 const key = `"8e03978e-40d5-43e8-bc93-6894a57f9324"`
 
 func TestRetryIsReplayed(t *testing.T) {
-	h, _ := newHandler(t, "api_idempotency")
-	b := &backend{}
-	first, err := send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
-	if err != nil || first.Code != 201 {
-		t.Fatalf("first: %d %v", first.Code, err)
-	}
-	retry, err := send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
-	if err != nil || b.calls.Load() != 1 {
-		t.Fatalf("retry: %v, backend called %d times, want once", err, b.calls.Load())
-	}
-	if retry.Code != 201 || retry.Body.String() != first.Body.String() || retry.Header().Get("Location") != first.Header().Get("Location") ||
-		retry.Header().Get("ETag") != first.Header().Get("ETag") || retry.Header().Get(ReplayedHeader) != "true" {
-		t.Errorf("replay: %d %q %v, want the first response %d %q %v", retry.Code, retry.Body, retry.Header(), first.Code, first.Body, first.Header())
-	}
-	if retry.Header().Get("X-Request-Id") != "" {
-		t.Errorf("the first request's id was replayed: %q", retry.Header().Get("X-Request-Id"))
-	}
-	if first.Header().Get(ReplayedHeader) != "" {
-		t.Error("the first response was marked as a replay")
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		h, _ := newHandler(t, "api_idempotency")
+		b := &backend{}
+		first, err := send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
+		if err != nil || first.Code != 201 {
+			t.Fatalf("first: %d %v", first.Code, err)
+		}
+		retry, err := send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
+		if err != nil || b.calls.Load() != 1 {
+			t.Fatalf("retry: %v, backend called %d times, want once", err, b.calls.Load())
+		}
+		if retry.Code != 201 || retry.Body.String() != first.Body.String() || retry.Header().Get("Location") != first.Header().Get("Location") ||
+			retry.Header().Get("ETag") != first.Header().Get("ETag") || retry.Header().Get(ReplayedHeader) != "true" {
+			t.Errorf("replay: %d %q %v, want the first response %d %q %v", retry.Code, retry.Body, retry.Header(), first.Code, first.Body, first.Header())
+		}
+		if retry.Header().Get("X-Request-Id") != "" {
+			t.Errorf("the first request's id was replayed: %q", retry.Header().Get("X-Request-Id"))
+		}
+		if first.Header().Get(ReplayedHeader) != "" {
+			t.Error("the first response was marked as a replay")
+		}
+	})
 }
 
 func TestKeyOutcomes(t *testing.T) {
-	tests := []struct {
-		name      string
-		second    req
-		wantCode  int
-		wantCalls int64
-	}{
-		{"same key, different body", req{user: "alice", body: `{"name": "E2"}`, headers: []string{KeyHeader, key}}, 422, 1},
-		{"same key, other path", req{user: "alice", path: "/v1/other", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
-		{"same key, other user", req{user: "bob", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
-		{"same key, other method", req{user: "alice", method: "PATCH", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
-		{"same key, other spelling", req{user: "alice", path: "//v1/./events", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 1},
-		{"no key", req{user: "alice", body: `{"name": "E1"}`}, 201, 2},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h, _ := newHandler(t, "api_idempotency")
-			b := &backend{}
-			send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
-			w, err := send(h, b, tt.second)
-			if got := statusOf(w, err); got != tt.wantCode || b.calls.Load() != tt.wantCalls {
-				t.Errorf("status %d, backend calls %d; want %d and %d", got, b.calls.Load(), tt.wantCode, tt.wantCalls)
-			}
-		})
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		tests := []struct {
+			name      string
+			second    req
+			wantCode  int
+			wantCalls int64
+		}{
+			{"same key, different body", req{user: "alice", body: `{"name": "E2"}`, headers: []string{KeyHeader, key}}, 422, 1},
+			{"same key, other path", req{user: "alice", path: "/v1/other", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
+			{"same key, other user", req{user: "bob", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
+			{"same key, other method", req{user: "alice", method: "PATCH", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 2},
+			{"same key, other spelling", req{user: "alice", path: "//v1/./events", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}, 201, 1},
+			{"no key", req{user: "alice", body: `{"name": "E1"}`}, 201, 2},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				h, _ := newHandler(t, "api_idempotency")
+				b := &backend{}
+				send(h, b, req{user: "alice", body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
+				w, err := send(h, b, tt.second)
+				if got := statusOf(w, err); got != tt.wantCode || b.calls.Load() != tt.wantCalls {
+					t.Errorf("status %d, backend calls %d; want %d and %d", got, b.calls.Load(), tt.wantCode, tt.wantCalls)
+				}
+			})
+		}
+	})
 }
 
 func TestMalformedKeys(t *testing.T) {
@@ -193,85 +197,93 @@ func TestMalformedKeys(t *testing.T) {
 // TestNotReplayed: responses that say "try again" are not stored; the key
 // is released and the retry runs.
 func TestNotReplayed(t *testing.T) {
-	for _, status := range []int{500, 502, 503, 429, 408} {
-		h, _ := newHandler(t, "api_idempotency")
-		b := &backend{status: status}
-		send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-		b.status = 201
-		w, _ := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-		if w.Code != 201 || b.calls.Load() != 2 || w.Header().Get(ReplayedHeader) != "" {
-			t.Errorf("after a %d: retry %d, backend calls %d; want a fresh 201", status, w.Code, b.calls.Load())
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		for _, status := range []int{500, 502, 503, 429, 408} {
+			h, _ := newHandler(t, "api_idempotency")
+			b := &backend{status: status}
+			send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
+			b.status = 201
+			w, _ := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
+			if w.Code != 201 || b.calls.Load() != 2 || w.Header().Get(ReplayedHeader) != "" {
+				t.Errorf("after a %d: retry %d, backend calls %d; want a fresh 201", status, w.Code, b.calls.Load())
+			}
 		}
-	}
+	})
 }
 
 func TestKeysExpire(t *testing.T) {
-	h, clk := newHandler(t, "api_idempotency {\n ttl 1h\n}")
-	b := &backend{}
-	send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-	clk.Add(59 * time.Minute)
-	send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-	if b.calls.Load() != 1 {
-		t.Fatalf("a retry within the TTL ran again")
-	}
-	clk.Add(2 * time.Minute)
-	if w, _ := send(h, b, req{body: `{"other": 1}`, headers: []string{KeyHeader, key}}); w.Code != 201 || b.calls.Load() != 2 {
-		t.Errorf("an expired key: %d, backend calls %d; want a new request", w.Code, b.calls.Load())
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		h, clk := newHandler(t, "api_idempotency {\n ttl 1h\n}")
+		b := &backend{}
+		send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
+		clk.Add(59 * time.Minute)
+		send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
+		if b.calls.Load() != 1 {
+			t.Fatalf("a retry within the TTL ran again")
+		}
+		clk.Add(2 * time.Minute)
+		if w, _ := send(h, b, req{body: `{"other": 1}`, headers: []string{KeyHeader, key}}); w.Code != 201 || b.calls.Load() != 2 {
+			t.Errorf("an expired key: %d, backend calls %d; want a new request", w.Code, b.calls.Load())
+		}
+	})
 }
 
 // TestConcurrentRetries: 20 identical requests at once with one key: one
 // reaches the backend, every other gets the replay or a 409.
 func TestConcurrentRetries(t *testing.T) {
-	h, _ := newHandler(t, "api_idempotency")
-	b := &backend{release: make(chan struct{})}
-	var wg sync.WaitGroup
-	codes := make(chan int, 20)
-	for range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w, err := send(h, b, req{body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
-			codes <- statusOf(w, err)
-		}()
-	}
-	// the first holds the key until released; the others answer at once
-	deadline := time.Now().Add(10 * time.Second)
-	for len(codes) < 19 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of 19 concurrent retries answered while the first was in flight", len(codes))
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		h, _ := newHandler(t, "api_idempotency")
+		b := &backend{release: make(chan struct{})}
+		var wg sync.WaitGroup
+		codes := make(chan int, 20)
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w, err := send(h, b, req{body: `{"name": "E1"}`, headers: []string{KeyHeader, key}})
+				codes <- statusOf(w, err)
+			}()
 		}
-		time.Sleep(time.Millisecond)
-	}
-	close(b.release)
-	wg.Wait()
-	close(codes)
-	count := map[int]int{}
-	for c := range codes {
-		count[c]++
-	}
-	if b.calls.Load() != 1 || count[201] != 1 || count[409] != 19 {
-		t.Errorf("backend calls %d, statuses %v; want 1 call, one 201 and nineteen 409s", b.calls.Load(), count)
-	}
-	if w, _ := send(h, b, req{body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}); w.Header().Get(ReplayedHeader) != "true" {
-		t.Error("after the first finished, a retry was not replayed")
-	}
+		// the first holds the key until released; the others answer at once
+		deadline := time.Now().Add(10 * time.Second)
+		for len(codes) < 19 {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d of 19 concurrent retries answered while the first was in flight", len(codes))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		close(b.release)
+		wg.Wait()
+		close(codes)
+		count := map[int]int{}
+		for c := range codes {
+			count[c]++
+		}
+		if b.calls.Load() != 1 || count[201] != 1 || count[409] != 19 {
+			t.Errorf("backend calls %d, statuses %v; want 1 call, one 201 and nineteen 409s", b.calls.Load(), count)
+		}
+		if w, _ := send(h, b, req{body: `{"name": "E1"}`, headers: []string{KeyHeader, key}}); w.Header().Get(ReplayedHeader) != "true" {
+			t.Error("after the first finished, a retry was not replayed")
+		}
+	})
 }
 
 // TestClientGoneStillCompletes: the client goes away after sending; the
 // request still runs to completion and its retry gets the result.
 func TestClientGoneStillCompletes(t *testing.T) {
-	h, _ := newHandler(t, "api_idempotency")
-	b := &backend{}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}, ctx: ctx}); err != nil {
-		t.Fatalf("the first request did not complete: %v", err)
-	}
-	w, _ := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
-	if w.Code != 201 || w.Header().Get(ReplayedHeader) != "true" || b.calls.Load() != 1 {
-		t.Errorf("retry: %d replayed %q, backend calls %d", w.Code, w.Header().Get(ReplayedHeader), b.calls.Load())
-	}
+	forEachStore(t, func(t *testing.T, newHandler handlerMaker) {
+		h, _ := newHandler(t, "api_idempotency")
+		b := &backend{}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}, ctx: ctx}); err != nil {
+			t.Fatalf("the first request did not complete: %v", err)
+		}
+		w, _ := send(h, b, req{body: "{}", headers: []string{KeyHeader, key}})
+		if w.Code != 201 || w.Header().Get(ReplayedHeader) != "true" || b.calls.Load() != 1 {
+			t.Errorf("retry: %d replayed %q, backend calls %d", w.Code, w.Header().Get(ReplayedHeader), b.calls.Load())
+		}
+	})
 }
 
 // TestMemoryBound: 1,000,000 distinct keys in a 16 MiB store keep the heap
@@ -286,7 +298,7 @@ func TestMemoryBound(t *testing.T) {
 	now := time.Now()
 	for i := range 1_000_000 {
 		k := fmt.Sprintf("user:alice\x00POST\x00api.example.com\x00/v1/events\x00key-%d", i)
-		c, _, err := s.Begin("user:alice", k, Fingerprint{}, now, time.Hour)
+		c, _, err := s.Begin(context.Background(), "user:alice", k, Fingerprint{}, now, time.Hour)
 		if c == nil {
 			t.Fatalf("key %d was not claimed: %v", i, err)
 		}

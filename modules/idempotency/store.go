@@ -3,32 +3,38 @@ package idempotency
 import (
 	"container/heap"
 	"container/list"
+	"context"
 	"errors"
 	"net/http"
 	"sync"
 	"time"
 )
 
-// Store keeps idempotency records. The in-memory store is the embedded
-// default; a shared store (Redis) lets a retry that lands on another
-// gateway be answered the same way.
+// Store keeps idempotency records: in this process's memory (memStore, the
+// default), or in Redis (redisStore), where every gateway that shares it
+// answers a retry the same way, and a restart forgets nothing. One
+// conformance suite runs against both (claims_test.go).
 type Store interface {
 	// Begin claims key for a request of principal with fingerprint fp.
 	// When the key is free (never used, or expired), it records an
-	// in-flight claim that lives until ttl passes and returns its handle.
-	// Otherwise it returns the existing record, in flight or complete,
-	// unchanged. When the principal, or the store as a whole, already
-	// holds as many in-flight claims as it may, it claims nothing and
-	// returns ErrPrincipalBusy or ErrStoreBusy.
-	Begin(principal, key string, fp Fingerprint, now time.Time, ttl time.Duration) (*Claim, *Record, error)
+	// in-flight claim that lives until ttl passes and returns its handle
+	// (a shared store keeps it alive by a lease its holder renews, so that
+	// the claim of a gateway that died lapses soon). Otherwise it returns
+	// the existing record, in flight or complete, unchanged. When the
+	// principal, or the store as a whole, already holds as many in-flight
+	// claims as it may, it claims nothing and returns ErrPrincipalBusy or
+	// ErrStoreBusy; when it cannot be reached, an ErrStoreUnavailable.
+	Begin(ctx context.Context, principal, key string, fp Fingerprint, now time.Time, ttl time.Duration) (*Claim, *Record, error)
 	// Complete replaces the claim's in-flight record with the final
 	// response. A stale claim (its key expired and was claimed again, or
 	// was already completed or released) does nothing; Complete reports
-	// whether the claim was current.
+	// whether the claim was current. A shared store that cannot be
+	// reached goes on trying in the background while the claim's lease
+	// lasts, and reports true.
 	Complete(c *Claim, rec *Record) bool
 	// Release forgets the claim's in-flight record, so that a retry runs
 	// again. A stale claim does nothing; Release reports whether the claim
-	// was current.
+	// was current (as Complete, for a store that cannot be reached).
 	Release(c *Claim) bool
 }
 
@@ -36,13 +42,17 @@ type Store interface {
 // only its holder can complete or release that key's in-flight record.
 type Claim struct {
 	principal, key string
-	token          uint64 // unique in its store; the record keeps it
+	token          uint64      // the memory store's: unique in its store; the record keeps it
+	shared         *sharedHold // the Redis store's: its owner token and lease
 }
 
 // The refusals of Begin: nothing was claimed, and the request must not run.
 var (
 	ErrPrincipalBusy = errors.New("the principal holds as many in-flight idempotency claims as it may")
 	ErrStoreBusy     = errors.New("the idempotency store holds as many in-flight claims as it may")
+	// ErrStoreUnavailable wraps the failures of a shared store that could
+	// not be reached: whether the key is free cannot be known.
+	ErrStoreUnavailable = errors.New("the shared idempotency store cannot be reached")
 )
 
 // Fingerprint identifies a request: method, path, query, media type and a
@@ -148,7 +158,7 @@ func newMemStore(lim limits) *memStore {
 	return &memStore{lim: lim, byKey: map[string]*memEntry{}, who: map[string]*holder{}}
 }
 
-func (s *memStore) Begin(principal, key string, fp Fingerprint, now time.Time, ttl time.Duration) (*Claim, *Record, error) {
+func (s *memStore) Begin(_ context.Context, principal, key string, fp Fingerprint, now time.Time, ttl time.Duration) (*Claim, *Record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.byKey[key]; ok {
