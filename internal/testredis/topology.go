@@ -127,26 +127,12 @@ func StartSentinel() (*Sentinel, error) {
 	if s.Primary, err = Start(); err != nil {
 		return nil, err
 	}
-	s.Replica, err = start("restgate-redis-replica-", func(dir string, port int) ([]string, error) {
-		host, pport, _ := strings.Cut(s.Primary.Addr, ":")
-		return append(serverArgs(dir, port), "--replicaof", host, pport), nil
-	})
-	if err != nil {
+	if s.Replica, err = StartReplica(s.Primary); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rc := s.Replica.Client()
-	err = waitUntil(ctx, func(ctx context.Context) (bool, error) {
-		info, err := rc.Info(ctx, "replication").Result()
-		return strings.Contains(info, "master_link_status:up"), err
-	})
-	rc.Close()
-	if err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("the replica never synced with the primary within 60s: %v", err)
-	}
 	for range 3 {
 		sn, err := start("restgate-redis-sentinel-", func(dir string, port int) ([]string, error) {
 			host, pport, _ := strings.Cut(s.Primary.Addr, ":")
@@ -185,6 +171,31 @@ sentinel parallel-syncs %[4]s 1
 		}
 	}
 	return s, nil
+}
+
+// StartReplica starts a replica of primary and waits (at most 60 s) until
+// it is in sync.
+func StartReplica(primary *Server) (*Server, error) {
+	r, err := start("restgate-redis-replica-", func(dir string, port int) ([]string, error) {
+		host, pport, _ := strings.Cut(primary.Addr, ":")
+		return append(serverArgs(dir, port), "--replicaof", host, pport), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rc := r.Client()
+	defer rc.Close()
+	err = waitUntil(ctx, func(ctx context.Context) (bool, error) {
+		info, err := rc.Info(ctx, "replication").Result()
+		return strings.Contains(info, "master_link_status:up"), err
+	})
+	if err != nil {
+		r.Stop()
+		return nil, fmt.Errorf("the replica never synced with the primary within 60s: %v", err)
+	}
+	return r, nil
 }
 
 // SentinelAddrs are the sentinels' addresses.

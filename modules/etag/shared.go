@@ -51,6 +51,14 @@ import (
 //     when it is subscribed again. So once Redis answers, every gateway has
 //     had each invalidation or dropped its cache within about a second
 //     (see redisapp's bus).
+//
+// Through a failover (Sentinel promotes a replica, a Cluster primary's
+// replica takes its slots): Redis replicates asynchronously, so a lock
+// granted just before the primary died may be missing on the new one and
+// be granted again: two writers may then overlap once. The redis app's
+// wait_replicas narrows this to grants no replica acknowledged, which are
+// refused (503). Locks are single keys (lock:<resource key>): in a
+// Cluster they spread over the slots and need no hash tag.
 
 // invalidateTopic carries the resource keys a write invalidated, as a JSON
 // array of strings: framed, so that no character a key may contain can
@@ -131,7 +139,10 @@ func (l *redisLocks) acquire(ctx context.Context, key string, timeout time.Durat
 		sent := time.Now()
 		err := l.app.DoFor(ctx, redisapp.PurposeLock, func(ctx context.Context, c redis.UniversalClient) error {
 			var err error
-			ok, err = c.SetNX(ctx, h.rkey, h.token, l.ttl).Result()
+			// with the redis app's wait_replicas, the grant waits until
+			// replicas have it (a failover then keeps it); a grant too few
+			// replicas have is an error, released below like a lost reply
+			ok, err = l.app.SetNX(ctx, c, h.rkey, h.token, l.ttl)
 			return err
 		})
 		if err != nil {
