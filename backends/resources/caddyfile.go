@@ -2,6 +2,7 @@ package resources
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -23,6 +24,11 @@ import (
 //		scopes_header <header>
 //		admin_scope   <scope>
 //		api_key_header <header>
+//		feed_retention     <duration>
+//		feed_max_changes   <n>
+//		feed_heartbeat     <duration>
+//		feed_max_streams   <n>
+//		feed_write_timeout <duration>
 //		collection <name> {
 //			key     <field>
 //			parent  <collection>
@@ -56,6 +62,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("store_timeout: invalid duration '%s' (use a Go duration such as 5s or 500ms)", s)
 				}
 				h.StoreTimeout = caddy.Duration(dur)
+			}
+		case "feed_retention", "feed_heartbeat", "feed_write_timeout":
+			var s string
+			if ok = d.AllArgs(&s); ok {
+				dur, err := caddy.ParseDuration(s)
+				if err != nil || dur <= 0 {
+					return d.Errf("%s: invalid duration '%s' (use a Go duration such as 15s or 24h)", opt, s)
+				}
+				*map[string]*caddy.Duration{"feed_retention": &h.FeedRetention, "feed_heartbeat": &h.FeedHeartbeat, "feed_write_timeout": &h.FeedWriteTimeout}[opt] = caddy.Duration(dur)
+			}
+		case "feed_max_changes", "feed_max_streams":
+			var s string
+			if ok = d.AllArgs(&s); ok {
+				n, err := strconv.Atoi(s)
+				if err != nil || n <= 0 {
+					return d.Errf("%s: want a whole number from 1, not '%s'", opt, s)
+				}
+				*map[string]*int{"feed_max_changes": &h.FeedMaxChanges, "feed_max_streams": &h.FeedMaxStreams}[opt] = n
 			}
 		case "prefix":
 			ok = d.AllArgs(&h.Prefix)

@@ -40,6 +40,12 @@ func (h *Handler) serveCollection(w http.ResponseWriter, r *http.Request, t targ
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
+		// the list and the change feed are two representations of the
+		// collection, picked by Accept
+		w.Header().Add("Vary", "Accept")
+		if wantsFeed(r) {
+			return h.feed(w, r, t, who)
+		}
 		return h.list(w, r, t, who)
 	case http.MethodPost:
 		return h.create(w, r, t, who)

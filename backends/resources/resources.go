@@ -5,6 +5,7 @@
 package resources
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -94,8 +96,34 @@ type Handler struct {
 	// The collections to serve.
 	Collections []*Collection `json:"collections,omitempty"`
 
+	// How long the change log keeps a change, for feeds to resume from.
+	// A feed resumed from an id older than the log gets a `reset` event.
+	// Handlers sharing a database share one log; the longest retention of
+	// any of them applies. Default: 24h.
+	FeedRetention caddy.Duration `json:"feed_retention,omitempty"`
+
+	// The most changes the log keeps, whatever their age. Default: 100000.
+	FeedMaxChanges int `json:"feed_max_changes,omitempty"`
+
+	// How often an idle feed sends a comment line, so that proxies keep
+	// it open. Default: 15s.
+	FeedHeartbeat caddy.Duration `json:"feed_heartbeat,omitempty"`
+
+	// The most feeds one principal may have open on this gateway at once
+	// (429 beyond). Default: 8.
+	FeedMaxStreams int `json:"feed_max_streams,omitempty"`
+
+	// How long a write to a feed may take: a client that stops reading
+	// for longer is disconnected, and resumes from the last id it got.
+	// Default: 30s.
+	FeedWriteTimeout caddy.Duration `json:"feed_write_timeout,omitempty"`
+
 	byName      map[string]*Collection
 	store       Store
+	hub         *feedHub
+	feedDone    chan struct{} // closed by endFeeds: the server shuts down or the config unloads
+	endFeeds    func()
+	newTicker   func(time.Duration) (<-chan time.Time, func())
 	poolKey     string
 	openapi     []byte
 	openapiETag string
@@ -152,6 +180,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.AdminScope == "" {
 		h.AdminScope = "admin"
 	}
+	if h.FeedRetention == 0 {
+		h.FeedRetention = caddy.Duration(defaultFeedRetention)
+	}
+	if h.FeedMaxChanges == 0 {
+		h.FeedMaxChanges = defaultFeedMaxChanges
+	}
+	if h.FeedHeartbeat == 0 {
+		h.FeedHeartbeat = caddy.Duration(defaultFeedHeartbeat)
+	}
+	if h.FeedMaxStreams == 0 {
+		h.FeedMaxStreams = defaultFeedMaxStreams
+	}
+	if h.FeedWriteTimeout == 0 {
+		h.FeedWriteTimeout = caddy.Duration(defaultFeedWriteTimeout)
+	}
+	done := make(chan struct{})
+	h.feedDone, h.endFeeds = done, sync.OnceFunc(func() { close(done) })
+	// streams end when the server shuts down (a reload or a stop), so that
+	// it does not wait for them
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
+		srv.RegisterOnShutdown(h.endFeeds)
+	}
 	if err := h.prepareCollections(); err != nil {
 		return err
 	}
@@ -167,7 +217,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.store = ps.indexedStore
+	h.hub = ps.hub
+	h.hub.configure(time.Duration(h.FeedRetention), h.FeedMaxChanges)
+	h.store = loggedStore{ps.indexedStore, ps.hub}
 	for _, c := range h.Collections {
 		if err := ps.ensureIndexes(c); err != nil {
 			return err
@@ -199,13 +251,13 @@ func (h *Handler) openStore(ctx caddy.Context) (pooledStore, error) {
 				return nil, err
 			}
 			h.logger.Debug("resources on PostgreSQL", zap.String("database", name))
-			return pooledStore{s}, nil
+			return newPooledStore(ctx, s, h.logger)
 		}
 		s, err := openSQLite(key, h.Durability)
 		if err != nil {
 			return nil, err
 		}
-		return pooledStore{s}, nil
+		return newPooledStore(ctx, s, h.logger)
 	})
 	if err != nil {
 		h.poolKey = ""
@@ -259,11 +311,17 @@ func (h *Handler) Validate() error {
 	if h.StoreTimeout < 0 {
 		return fmt.Errorf("store_timeout must not be negative")
 	}
+	if h.FeedRetention < 0 || h.FeedMaxChanges < 0 || h.FeedHeartbeat < 0 || h.FeedMaxStreams < 0 || h.FeedWriteTimeout < 0 {
+		return fmt.Errorf("feed_retention, feed_max_changes, feed_heartbeat, feed_max_streams and feed_write_timeout must not be negative")
+	}
 	return nil
 }
 
-// Cleanup releases the store; the last user closes it.
+// Cleanup ends the feeds and releases the store; the last user closes it.
 func (h *Handler) Cleanup() error {
+	if h.endFeeds != nil {
+		h.endFeeds()
+	}
 	if h.poolKey == "" {
 		return nil
 	}
@@ -274,18 +332,32 @@ func (h *Handler) Cleanup() error {
 // stores shares one open database per file across handlers and config reloads.
 var stores = caddy.NewUsagePool()
 
-// pooledStore is an open store in the pool; ensureIndexes creates the
-// indexes a collection's sortable fields need.
+// pooledStore is an open store in the pool, with the hub that follows its
+// change log; ensureIndexes creates the indexes a collection's sortable
+// fields need.
 type pooledStore struct {
 	indexedStore
+	hub *feedHub
 }
 
 type indexedStore interface {
 	Store
+	changeLog
 	ensureIndexes(*Collection) error
 }
 
-func (p pooledStore) Destruct() error { return p.Close() }
+func newPooledStore(ctx context.Context, s indexedStore, logger *zap.Logger) (pooledStore, error) {
+	if err := s.initChangeLog(ctx); err != nil {
+		s.Close()
+		return pooledStore{}, fmt.Errorf("creating the change log: %w", err)
+	}
+	return pooledStore{s, newFeedHub(s, logger)}, nil
+}
+
+func (p pooledStore) Destruct() error {
+	p.hub.close()
+	return p.Close()
+}
 
 // target is what a request path names.
 type target struct {
