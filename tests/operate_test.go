@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -208,8 +209,24 @@ func TestOneInstancePerDataDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = second("RESTGATE_DATA="+other, fmt.Sprintf("RESTGATE_HTTPS_PORT=%d", g.HTTPS))
-	if want := fmt.Sprintf("127.0.0.1:%d already in use by another process", g.HTTPS); !strings.Contains(out, want) {
+	if want := fmt.Sprintf("127.0.0.1:%d: another process listens on it", g.HTTPS); !strings.Contains(out, want) {
 		t.Errorf("same port, other data directory: want %q in:\n%s", want, out)
+	}
+	// a port that is only an outgoing connection's source port is not
+	// "another restgate": the refusal says what holds it
+	held := freePorts(t, 1)[0]
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: held}}
+	conn, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", g.HTTPS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = second("RESTGATE_DATA="+other, fmt.Sprintf("RESTGATE_HTTP_PORT=%d", held))
+	conn.Close()
+	if want := fmt.Sprintf("127.0.0.1:%d: no process listens on it, but a connection of this machine uses it as its local port (ESTABLISHED)", held); !strings.Contains(out, want) {
+		t.Errorf("a port held by an outgoing connection: want %q in:\n%s", want, out)
+	}
+	if strings.Contains(out, "another restgate") {
+		t.Errorf("a port held by an outgoing connection is called another restgate:\n%s", out)
 	}
 	// the first gateway never noticed
 	if r := Do(t, g.Client(), "GET", g.URL("/v1/health"), ""); r.StatusCode != 200 {

@@ -132,8 +132,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if !reload && a.startErr == nil && httpApp != nil {
 		a.startErr = portsInUse(httpApp)
 	}
+	// Caddy starts its apps in map order: if the http app started first,
+	// it would share a port with the other process (SO_REUSEPORT) or fail
+	// with a bare "bind: address already in use" before Start could say
+	// why. So `run` refuses here, before any app starts; `validate` (which
+	// provisions too, next to a running gateway) is left to pass.
+	if a.startErr != nil && isRun() {
+		return a.startErr
+	}
 	return nil
 }
+
+// isRun reports whether this process is `restgate run` (what `start`
+// and the systemd unit run), as opposed to validate or adapt.
+func isRun() bool { return len(os.Args) > 1 && os.Args[1] == "run" }
 
 func httpAppOf(ctx caddy.Context) (*caddyhttp.App, error) {
 	v, err := ctx.AppIfConfigured("http")
