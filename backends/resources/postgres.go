@@ -421,8 +421,9 @@ func pgTime(t time.Time) any {
 	return t.UTC()
 }
 
-// ErrUnavailable wraps a failure to reach the database (as opposed to an
-// error the database raised about a statement): the handler answers 503.
+// ErrUnavailable wraps a failure to reach the database, or a database
+// that takes writes (as opposed to an error the database raised about a
+// statement): the handler answers 503.
 var ErrUnavailable = errors.New("the document store is unavailable")
 
 // ErrBusy wraps the last failure of a transaction that PostgreSQL aborted
@@ -439,6 +440,7 @@ func unavailable(err error) error {
 		switch {
 		case strings.HasPrefix(pe.Code, "08"), // connection exception
 			pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03", // shutting down, cannot connect now
+			pe.Code == "25006", // read-only transaction: a standby not yet promoted (a URL without target_session_attrs=read-write)
 			pe.Code == "53300": // too many connections
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
