@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -24,8 +23,10 @@ import (
 // started as written: the units' Environment=, EnvironmentFile=,
 // StateDirectory=, ExecStartPre= and ExecStart= lines are read and run,
 // with only the ports (free loopback ones), the paths (a temp root), the
-// listen address (loopback), Redis and PostgreSQL (the test's own) and the
-// rate limits substituted. Three gateways and the balancer then give:
+// listen address (loopback), Redis and PostgreSQL (the test's own)
+// substituted, and added: the rate limits, a Redis command timeout for a
+// loaded machine and a counters collection for increment to write.
+// Three gateways and the balancer then give:
 // one CA (every gateway and the balancer present a certificate that chains
 // to the one root in the shared storage; nothing of a gateway's data
 // directory is shared, and the root survives a restart of all of them),
@@ -40,8 +41,8 @@ func TestDeployGateways(t *testing.T) {
 	rs := sharedRedis(t)
 	r := layRecipe(t, rs.Addr, newPGDatabase(t))
 
-	// The test's only additions: a quota small enough to count exactly,
-	// then none in the way of the increments.
+	// a quota small enough to count exactly, then none in the way of the
+	// increments
 	f := r.start(t, map[string]string{"RESTGATE_RATE_PER_USER": "10/1h", "RESTGATE_RATE_PER_IP": "1000000/1s"})
 	root := f.root
 
@@ -98,10 +99,7 @@ func TestDeployGateways(t *testing.T) {
 	})
 
 	f.stop()
-	// (allow: on a loaded two-core machine a rate-limit call can pass its
-	// 250 ms timeout, and a limit nobody reaches must not refuse a write)
-	f = r.start(t, map[string]string{"RESTGATE_RATE_PER_USER": "1000000/1s", "RESTGATE_RATE_PER_IP": "1000000/1s",
-		"RESTGATE_REDIS_ON_ERROR": "allow"})
+	f = r.start(t, map[string]string{"RESTGATE_RATE_PER_USER": "1000000/1s", "RESTGATE_RATE_PER_IP": "1000000/1s"})
 	if !f.root.Equal(root) {
 		t.Fatal("the gateways made a new local CA when they were restarted")
 	}
@@ -116,8 +114,7 @@ func TestDeployGateways(t *testing.T) {
 			return int(n)
 		}
 		// each client connects (one TLS handshake each) before the run,
-		// one at a time: fifty handshakes at once on two cores under -race
-		// starve the gateways' Redis calls past their 250 ms timeout
+		// one at a time, so that the run starts with no handshake storm
 		clients := make([]*http.Client, 50)
 		for i := range clients {
 			clients[i] = f.client()
@@ -198,12 +195,20 @@ func layRecipe(t *testing.T, redisAddr, db string) *recipe {
 			t.Fatalf("deploy/gateways.sed no longer fits the default Caddyfile: %d lines %q, want 1", n, want)
 		}
 	}
-	// the test's own collection, as an operator adds theirs: a counter
-	// that increment can read and write
-	gateways := strings.Replace(string(out), "\t\t\tcollection events {\n",
-		"\t\t\tcollection counters {\n\t\t\t\tkey name\n\t\t\t\tfield name string\n\t\t\t\tfield n number\n\t\t\t}\n\t\t\tcollection events {\n", 1)
-	if gateways == string(out) {
-		t.Fatal("the default Caddyfile has no `collection events` to add a counter next to")
+	// The test's own additions to the gateways' Caddyfile: a collection,
+	// as an operator adds theirs, with a counter that increment can read
+	// and write; and a Redis command timeout for a loaded two-core machine
+	// under -race, which stalls a process past the 250 ms default (a lock
+	// call that times out refuses the write: 503 lock_unavailable).
+	gateways := string(out)
+	for _, add := range []struct{ after, text string }{
+		{"\t\tpassword {env.RESTGATE_REDIS_PASSWORD}\n", "\t\ttimeout 2s\n"},
+		{"\thandle /v1/* {\n\t\tresources {\n", "\t\t\tcollection counters {\n\t\t\t\tkey name\n\t\t\t\tfield name string\n\t\t\t\tfield n number\n\t\t\t}\n"},
+	} {
+		if strings.Count(gateways, add.after) != 1 {
+			t.Fatalf("the default Caddyfile changed: no one place for %q", add.text)
+		}
+		gateways = strings.Replace(gateways, add.after, add.after+add.text, 1)
 	}
 	files := map[string]string{"gateways.caddyfile": gateways, "balancer.caddyfile": repoFile(t, "deploy/balancer.caddyfile")}
 	for _, name := range []string{"gateways.env", "gateway-1.env", "gateway-2.env", "gateway-3.env", "balancer.env"} {
@@ -337,7 +342,7 @@ func envValue(env []string, k string) string {
 
 // fleet is the recipe running: three gateways and the balancer.
 type fleet struct {
-	procs    []*unitProc // gateways 1..3, then the balancer
+	procs    []*Gateway // gateways 1..3, then the balancer (harness processes)
 	names    []string
 	gwPorts  []int
 	lbPort   int
@@ -381,7 +386,7 @@ func (r *recipe) start(t *testing.T, extra map[string]string) *fleet {
 
 // run runs a unit's ExecStartPre (it must succeed) and ExecStart, and
 // waits until the port answers a handshake verified against the shared root.
-func (f *fleet) run(t *testing.T, name string, env, pre, start []string, port int) *unitProc {
+func (f *fleet) run(t *testing.T, name string, env, pre, start []string, port int) *Gateway {
 	t.Helper()
 	if len(pre) > 0 {
 		cmd := exec.Command(pre[0], pre[1:]...)
@@ -390,7 +395,7 @@ func (f *fleet) run(t *testing.T, name string, env, pre, start []string, port in
 			t.Fatalf("%s's ExecStartPre: %v\n%s", name, err, out)
 		}
 	}
-	p := &unitProc{name: name, logs: new(syncBuffer), done: make(chan struct{})}
+	p := &Gateway{t: t, HTTPS: port, Env: env, logs: new(syncBuffer), done: make(chan struct{})}
 	p.cmd = exec.Command(start[0], start[1:]...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
@@ -399,15 +404,15 @@ func (f *fleet) run(t *testing.T, name string, env, pre, start []string, port in
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.stop()
+		p.Stop()
 		if t.Failed() {
-			t.Logf("%s's output:\n%s", name, p.logs.String())
+			t.Logf("%s's output:\n%s", name, p.Logs())
 		}
 	})
 	waitFor(t, 60*time.Second, name+" to answer a verified TLS handshake", func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("%s exited: %v\n%s", name, p.cmd.ProcessState, p.logs.String())
+			t.Fatalf("%s exited: %v\n%s", name, p.cmd.ProcessState, p.Logs())
 		default:
 		}
 		if f.root == nil && f.loadRoot() != nil {
@@ -463,7 +468,7 @@ func (f *fleet) eachServed(t *testing.T, fragments ...string) {
 	t.Helper()
 	for i, p := range f.procs[:len(f.gwPorts)] {
 		n := 0
-		for _, line := range strings.Split(p.logs.String(), "\n") {
+		for _, line := range strings.Split(p.Logs(), "\n") {
 			all := true
 			for _, fr := range fragments {
 				all = all && strings.Contains(line, fr)
@@ -480,31 +485,6 @@ func (f *fleet) eachServed(t *testing.T, fragments ...string) {
 
 func (f *fleet) stop() {
 	for i := len(f.procs) - 1; i >= 0; i-- {
-		f.procs[i].stop()
-	}
-}
-
-// unitProc is one running unit.
-type unitProc struct {
-	name string
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{}
-}
-
-// stop ends the process as systemd does (SIGTERM, then SIGKILL after
-// TimeoutStopSec).
-func (p *unitProc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
+		f.procs[i].Stop()
 	}
 }
