@@ -7,7 +7,7 @@
 // restgate handlers go before `push`, that is right after `encode`, in the
 // order of the request path:
 //
-//	encode ▶ api_errors ▶ api_cors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_idempotency ▶ api_etag ▶ … ▶ reverse_proxy / resources
+//	encode ▶ api_errors ▶ api_cors ▶ api_rate_limit_ip ▶ api_auth ▶ api_rate_limit ▶ api_idempotency ▶ api_etag ▶ api_docs ▶ … ▶ reverse_proxy / resources
 //
 // so that an `encode` compresses what restgate produces (and never the body
 // api_errors has to read), api_errors wraps everything that can fail, and
@@ -66,9 +66,12 @@ func init() {
 	httpcaddyfile.RegisterHandlerDirective("api_etag", parse[etag.Handler])
 	httpcaddyfile.RegisterDirectiveOrder("api_etag", httpcaddyfile.Before, "push")
 
-	// api_docs is a terminal handler: the API reference page.
+	// api_docs serves the reference page and the merged OpenAPI document
+	// and passes every other request on: at the site's level it runs after
+	// every access check and before the routes, whose document at its spec
+	// path (resources') it merges the services' documents into.
 	httpcaddyfile.RegisterHandlerDirective("api_docs", parse[docs.Handler])
-	httpcaddyfile.RegisterDirectiveOrder("api_docs", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterDirectiveOrder("api_docs", httpcaddyfile.Before, "push")
 
 	// resources is a terminal handler: it answers where reverse_proxy would.
 	httpcaddyfile.RegisterHandlerDirective("resources", parse[resources.Handler])
