@@ -28,14 +28,20 @@ type Server struct {
 	Port int
 	dir  string
 	bin  string
+	opts string // more server options (-c name=value …) for every start
 	seq  atomic.Int64
 }
 
 // binDir finds initdb and pg_ctl: on PATH, else in Debian's versioned
-// directory (the postgresql package does not put them on PATH).
+// directory (the postgresql package does not put them on PATH). A link on
+// PATH is followed to the directory that holds the other programs
+// (pg_basebackup) too.
 func binDir() (string, error) {
 	if p, err := exec.LookPath("initdb"); err == nil {
 		if _, err := exec.LookPath("pg_ctl"); err == nil {
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real
+			}
 			return filepath.Dir(p), nil
 		}
 	}
@@ -51,6 +57,24 @@ func binDir() (string, error) {
 
 // Start initialises and starts a cluster.
 func Start() (*Server, error) {
+	s, err := newServer()
+	if err != nil {
+		return nil, err
+	}
+	if out, err := s.run("initdb", "-D", s.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	if err := s.listen(); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer makes the temporary directory of a cluster, owned by the
+// postgres user when we are root.
+func newServer() (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -63,29 +87,31 @@ func Start() (*Server, error) {
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
+			os.RemoveAll(dir)
 			return nil, errors.New("running as root, the tests need the postgres user to run PostgreSQL: install `postgresql` (it creates the user)")
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
 			return nil, err
 		}
 	}
-	if out, err := s.run("initdb", "-D", s.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
-	}
-	var lastErr error
+	return s, nil
+}
+
+// listen starts the server on a free port.
+func (s *Server) listen() error {
+	var err error
 	for range 3 { // a free port can be taken between pick and bind
 		if s.Port, err = testnet.FreePort(); err != nil {
-			return nil, err
+			return err
 		}
-		if lastErr = s.start(); lastErr == nil {
-			return s, nil
+		if err = s.start(); err == nil {
+			return nil
 		}
 	}
-	os.RemoveAll(dir)
-	return nil, lastErr
+	return err
 }
 
 func (s *Server) data() string { return filepath.Join(s.dir, "data") }
@@ -104,7 +130,7 @@ func (s *Server) run(name string, args ...string) ([]byte, error) {
 }
 
 func (s *Server) start() error {
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c full_page_writes=off", s.Port, s.dir)
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c full_page_writes=off %s", s.Port, s.dir, s.opts)
 	out, err := s.run("pg_ctl", "-D", s.data(), "-o", opts, "-l", filepath.Join(s.dir, "log"), "-w", "-t", "60", "start")
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
