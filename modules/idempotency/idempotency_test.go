@@ -321,6 +321,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		"no paths": "api_idempotency {\n paths\n}",
 		"dup":      "api_idempotency {\n ttl 1h\n ttl 2h\n}",
 		"argument": "api_idempotency now",
+		"store":    "api_idempotency {\n store memory\n}",
+		"lease":    "api_idempotency {\n claim_lease 0s\n}",
 	} {
 		t.Run(name, func(t *testing.T) {
 			var h Handler

@@ -9,11 +9,13 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
 	"github.com/restgate/restgate/internal/testclock"
@@ -335,5 +337,67 @@ func TestRedisUnreachable(t *testing.T) {
 	}
 	if n := inFlightCount(h.store); n != 0 {
 		t.Errorf("%d refused claims still count in flight", n)
+	}
+}
+
+// TestStoreConfig: `store` picks the store: local (the default) and auto
+// without a redis app keep records in memory, redis without one refuses to
+// load, saying what to add.
+func TestStoreConfig(t *testing.T) {
+	tests := []struct {
+		cfg, want, wantErr string
+	}{
+		{"api_idempotency", "idempotency.pooledStore", ""},
+		{"api_idempotency {\n store local\n}", "idempotency.pooledStore", ""},
+		{"api_idempotency {\n store auto\n}", "idempotency.pooledStore", ""},
+		{"api_idempotency {\n store redis\n}", "", "redis is not configured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cfg, func(t *testing.T) {
+			h := new(Handler)
+			if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.cfg)); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			err := h.Provision(ctx)
+			defer h.Cleanup()
+			switch {
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("Provision: %v, want an error saying %q", err, tt.wantErr)
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("Provision: %v", err)
+			case tt.wantErr == "" && fmt.Sprintf("%T", h.store) != tt.want:
+				t.Errorf("the store is a %T, want %s", h.store, tt.want)
+			}
+		})
+	}
+}
+
+// BenchmarkStores: a claim and its completion (a first request), and the
+// look-up that answers a retry, on each store.
+func BenchmarkStores(b *testing.B) {
+	for _, st := range testStores {
+		clk := newClock()
+		s := st.new(b, clk, limits{maxBytes: 1 << 30, quota: 1 << 30, inFlight: 10, inFlightTotal: 10})
+		header := http.Header{"Location": {"/v1/events/e1"}, "Etag": {`"v1"`}}
+		var n int
+		b.Run(st.name+"/claim+complete", func(b *testing.B) {
+			for range b.N {
+				n++
+				c, _, err := s.Begin(context.Background(), "user:alice", "bench-"+strconv.Itoa(n), Fingerprint{}, clk.Now(), time.Hour)
+				if c == nil {
+					b.Fatal(err)
+				}
+				s.Complete(c, &Record{Status: 201, Header: header, Body: []byte(`{"name": "e1"}`), Expires: clk.Now().Add(time.Hour)})
+			}
+		})
+		b.Run(st.name+"/replay", func(b *testing.B) {
+			for range b.N {
+				if _, got, err := s.Begin(context.Background(), "user:alice", "bench-1", Fingerprint{}, clk.Now(), time.Hour); got == nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
