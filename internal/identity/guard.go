@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -27,37 +28,64 @@ var ErrUnprotected = errors.New("this route on the API host is not behind api_au
 // per-IP rate limiter's Redis call) uses Live(ctx) for it, never the
 // request's context: see Live.
 
-type lockedCtx struct{ context.Context }
+// gate is the lock: one context wrapper, made once by Lock, that Unlock
+// opens in place (no second wrapper, no second request copy). While shut it
+// is done, with ErrUnprotected; once open it is the client's context again,
+// with every value added since (those contexts wrap the gate).
+type gate struct {
+	context.Context // the client's context
+	open            atomic.Bool
+}
 
 type liveKey struct{}
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func (lockedCtx) Done() <-chan struct{}                   { return closed }
-func (lockedCtx) Err() error                              { return ErrUnprotected }
-func (lockedCtx) Deadline() (deadline time.Time, ok bool) { return time.Time{}, false }
+// shut is a context that is already done, for AfterFunc on a shut gate.
+var shut = func() context.Context { c, cancel := context.WithCancel(context.Background()); cancel(); return c }()
 
-func (l lockedCtx) Value(key any) any {
-	if key == (liveKey{}) {
-		return l.Context // the client's context
+func (g *gate) Done() <-chan struct{} {
+	if g.open.Load() {
+		return g.Context.Done()
 	}
-	return l.Context.Value(key)
+	return closed
 }
 
-// unlockedCtx keeps the values of the locked chain and the liveness of
-// the client's context.
-type unlockedCtx struct {
-	context.Context // for values
-	live            context.Context
+func (g *gate) Err() error {
+	if g.open.Load() {
+		return g.Context.Err()
+	}
+	return ErrUnprotected
 }
 
-func (u unlockedCtx) Done() <-chan struct{}                   { return u.live.Done() }
-func (u unlockedCtx) Err() error                              { return u.live.Err() }
-func (u unlockedCtx) Deadline() (deadline time.Time, ok bool) { return u.live.Deadline() }
+func (g *gate) Deadline() (deadline time.Time, ok bool) {
+	if g.open.Load() {
+		return g.Context.Deadline()
+	}
+	return time.Time{}, false
+}
 
-// AfterFunc lets contexts derived from this one follow the client's
-// without a goroutine each (context.WithCancel looks for it).
-func (u unlockedCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(u.live, f) }
+func (g *gate) Value(key any) any {
+	switch key.(type) {
+	case liveKey:
+		return g.Context // the client's context
+	case gateKey:
+		return g
+	}
+	return g.Context.Value(key)
+}
+
+// AfterFunc lets contexts derived from an open gate follow the client's
+// without a goroutine each (context.WithCancel looks for it); on a shut
+// gate f runs at once, as on any done context.
+func (g *gate) AfterFunc(f func()) func() bool {
+	if g.open.Load() {
+		return context.AfterFunc(g.Context, f)
+	}
+	return context.AfterFunc(shut, f)
+}
+
+type gateKey struct{}
 
 // Live returns the context a handler uses for its own I/O while the
 // request may still be locked (the rate limiter's Redis calls before
@@ -91,19 +119,20 @@ const passedVar = "restgate.auth.passed"
 
 // Lock returns r with a done context: see ErrUnprotected.
 func Lock(r *http.Request) *http.Request {
-	return r.WithContext(lockedCtx{r.Context()})
+	return r.WithContext(&gate{Context: r.Context()})
 }
 
-// Unlock returns r with the client's live context back, and records that
-// the request was let through (authenticated or public). A request that
-// was never locked is returned as it is.
+// Unlock gives r its client's live context back, and records that the
+// request was let through (authenticated or public). It opens the gate Lock
+// made, in place, and returns r itself: every context derived from the
+// request's since the lock (held by the handlers before api_auth too) is
+// live from then on, as the request now is.
 func Unlock(r *http.Request) *http.Request {
 	caddyhttp.SetVar(r.Context(), passedVar, true)
-	live, ok := r.Context().Value(liveKey{}).(context.Context)
-	if !ok || r.Context().Err() != ErrUnprotected {
-		return r
+	if g, ok := r.Context().Value(gateKey{}).(*gate); ok {
+		g.open.Store(true)
 	}
-	return r.WithContext(unlockedCtx{Context: r.Context(), live: live})
+	return r
 }
 
 // Answered records that the gateway answered r itself (a CORS preflight):

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -11,7 +12,9 @@ import (
 
 // TestLive: a handler before api_auth gets a live context for its own I/O
 // from a locked request, without the request's values; the request's own
-// context stays done, and the client going away ends the live one.
+// context stays done until api_auth unlocks it, which opens every context
+// derived since the lock in place (no new request), and the client going
+// away ends the live one.
 func TestLive(t *testing.T) {
 	type key struct{}
 	client, stop := context.WithCancel(context.WithValue(context.Background(), key{}, "request value"))
@@ -29,7 +32,6 @@ func TestLive(t *testing.T) {
 		{"never locked", r.Context(), true},
 		{"locked", locked.Context(), false},
 		{"derived from a locked one", derived.Context(), false},
-		{"unlocked", Unlock(derived).Context(), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,6 +50,29 @@ func TestLive(t *testing.T) {
 	if locked.Context().Err() != ErrUnprotected {
 		t.Fatalf("the locked request's context: Err() = %v, want ErrUnprotected", locked.Context().Err())
 	}
+	select {
+	case <-derived.Context().Done():
+	default:
+		t.Fatal("a context derived from the locked one is not done")
+	}
+
+	unlocked := Unlock(derived)
+	if unlocked != derived {
+		t.Error("Unlock made a new request; it opens the lock in place")
+	}
+	for name, ctx := range map[string]context.Context{"unlocked": unlocked.Context(), "locked before": locked.Context()} {
+		if ctx.Err() != nil || Live(ctx) != ctx {
+			t.Errorf("%s: Err() = %v, Live returns itself: %v; want a live context", name, ctx.Err(), Live(ctx) == ctx)
+		}
+		select {
+		case <-ctx.Done():
+			t.Errorf("%s: done after Unlock", name)
+		default:
+		}
+	}
+	if unlocked.Context().Value(key{}) != "later value" || !Passed(unlocked) {
+		t.Error("the unlocked request lost its values or was not marked passed")
+	}
 
 	// a call's timeout derived from the live context follows the client
 	call, cancel := context.WithTimeout(Live(derived.Context()), time.Minute)
@@ -60,5 +85,27 @@ func TestLive(t *testing.T) {
 	case <-call.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("the client going away did not end a context derived from Live")
+	}
+}
+
+// TestLockOpensInPlace: the lock costs one context wrapper and one request
+// copy (Lock); Unlock opens it in place and allocates nothing (the
+// two-wrapper lock made four allocations per request).
+func TestLockOpensInPlace(t *testing.T) {
+	r := httptest.NewRequest("GET", "/", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	var unlocked *http.Request
+	allocs := testing.AllocsPerRun(100, func() {
+		locked := Lock(r)
+		unlocked = Unlock(locked)
+		if unlocked != locked {
+			t.Fatal("Unlock made a new request")
+		}
+	})
+	if allocs > 2 {
+		t.Errorf("Lock and Unlock: %.0f allocations per request, want at most 2", allocs)
+	}
+	if unlocked.Context().Err() != nil {
+		t.Errorf("unlocked: Err() = %v", unlocked.Context().Err())
 	}
 }
