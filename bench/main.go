@@ -21,6 +21,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -55,6 +56,10 @@ type options struct {
 	micro    bool
 	count    int
 	smoke    bool
+	quick    bool
+	// caddyfile is the default Caddyfile whose chain the default-chain
+	// rows run as shipped
+	caddyfile string
 }
 
 func main() {
@@ -71,6 +76,8 @@ func main() {
 	flag.BoolVar(&o.micro, "micro", true, "run the Go microbenchmarks")
 	flag.IntVar(&o.count, "count", 5, "go test -count for the microbenchmarks")
 	flag.BoolVar(&o.smoke, "smoke", false, "one short round of everything: proves the bench still works")
+	flag.BoolVar(&o.quick, "quick", false, "3 rounds of 5 s, small attacks, the chain's Go benchmarks only (-count 3): about 8 minutes, for a developer's before/after")
+	flag.StringVar(&o.caddyfile, "caddyfile", "Caddyfile", "the default Caddyfile, whose API site's chain the default-chain rows run as shipped")
 	chainFrom := flag.String("chain-table", "", "print the per-handler table of BenchmarkChain from this raw microbenchmark output (bench/micro-baseline.txt) and exit")
 	flag.Parse()
 	if *chainFrom != "" {
@@ -96,6 +103,9 @@ func main() {
 		// run), small attacks, no microbenchmarks (make test runs their
 		// packages' tests already)
 		o.rounds, o.duration, o.attack, o.count, o.micro = 1, time.Second, 2_000, 1, false
+	}
+	if o.quick {
+		o.rounds, o.duration, o.attack, o.count = 3, 5*time.Second, 20_000, 3
 	}
 	log.SetFlags(0)
 	log.SetPrefix("bench: ")
@@ -146,6 +156,9 @@ type sample struct {
 	// CPU time per request, in µs, of the configuration's server (its
 	// whole process group) and of the backend, over the same run
 	serverCPU, backendCPU float64
+	// heap allocations per request of the server's Go process (from its
+	// admin /debug/vars), 0 where unknown
+	allocs float64
 }
 
 func run(o options) error {
@@ -166,12 +179,22 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	ports, err := freePorts(14)
+	ports, err := freePorts(17)
 	if err != nil {
 		return err
 	}
 	pBackend, pCaddy, pCaddyTLS, pMiss, pHit, pMissTLS, pNginxMiss, pNginxHit, pAdminCaddy, pAdminRG, pRespond, pMissRedis, pResSQLite, pResPG :=
 		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9], ports[10], ports[11], ports[12], ports[13]
+	pDefault, pAdminDefault, pCaddyLog := ports[14], ports[15], ports[16]
+	// the default Caddyfile's chain as shipped: limits that never refuse,
+	// the keys below, the access log to a file
+	shipped, err := chainbench.ReadShipped(o.caddyfile, map[string]string{
+		"RESTGATE_RATE_PER_IP": "1000000000/1s", "RESTGATE_RATE_PER_USER": "1000000000/1s", "RESTGATE_DATA": dir,
+	}, filepath.Join(dir, "access-restgate.log"))
+	if err != nil {
+		return err
+	}
+	bareLog := strings.ReplaceAll(shipped.Caddy, filepath.Join(dir, "access-restgate.log"), filepath.Join(dir, "access-caddy.log"))
 	log.Printf("workdir %s", dir)
 
 	// the Redis the redis-store rows share their buckets through
@@ -250,7 +273,17 @@ http://127.0.0.1:%d {
 	header Content-Type application/json
 	respond `+"`%s`"+` 200
 }
-`, pAdminCaddy, dir, pCaddy, pBackend, upstreamPool, pCaddyTLS, pBackend, upstreamPool, pRespond, doc)
+http://127.0.0.1:%d {
+%s
+	handle /respond {
+		header Content-Type application/json
+		respond `+"`%[10]s`"+` 200
+	}
+	reverse_proxy 127.0.0.1:%[4]d {
+		%[5]s
+	}
+}
+`, pAdminCaddy, dir, pCaddy, pBackend, upstreamPool, pCaddyTLS, pBackend, upstreamPool, pRespond, doc, pCaddyLog, bareLog)
 	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.bare"), []byte(caddyfile), 0o600); err != nil {
 		return err
 	}
@@ -265,8 +298,10 @@ http://127.0.0.1:%d {
 		sum := sha256.Sum256([]byte("rg_bench_key_" + strconv.Itoa(i)))
 		fmt.Fprintf(&keys, "  - user: user%d\n    sha256: %s\n    scopes: [read, write]\n", i, hex.EncodeToString(sum[:]))
 	}
-	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte(keys.String()), 0o600); err != nil {
-		return err
+	for _, name := range []string{"keys.yaml", "api-keys.yaml"} { // api-keys.yaml: the default Caddyfile's
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(keys.String()), 0o600); err != nil {
+			return err
+		}
 	}
 	chainTo := func(etag, store, terminal string) string {
 		return fmt.Sprintf(`	api_errors
@@ -337,6 +372,31 @@ http://127.0.0.1:%d {
 	if err != nil {
 		return err
 	}
+	// restgate with the default Caddyfile's chain, in a process of its own
+	// (no Redis app: `store auto` and `redis auto` are local, as shipped
+	// without RESTGATE_REDIS); one site, so one access logger, as bare
+	// Caddy's logged site
+	defaultFile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	skip_install_trust
+	storage file_system %s/caddy-default
+	auto_https disable_redirects
+}
+http://127.0.0.1:%d {
+%s
+	reverse_proxy 127.0.0.1:%d {
+		%s
+	}
+}
+`, pAdminDefault, dir, pDefault, shipped.Chain, pBackend, upstreamPool)
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.default"), []byte(defaultFile), 0o600); err != nil {
+		return err
+	}
+	rgDefault, err := start(bin, "run", "--config", filepath.Join(dir, "Caddyfile.default"), "--adapter", "caddyfile")
+	if err != nil {
+		return err
+	}
 	// nginx: the closest equivalent
 	nginxConf, err := writeNginx(dir, keyCount, pBackend, pNginxMiss, pNginxHit)
 	if err != nil {
@@ -347,8 +407,13 @@ http://127.0.0.1:%d {
 		return err
 	}
 
+	chainNote := "the default Caddyfile's API chain as shipped (" + strings.Join(shipped.Directives(), ", ") + "), read from " + o.caddyfile + ", keyed"
 	configs := []config{
 		{"backend (ceiling)", fmt.Sprintf("http://127.0.0.1:%d/doc", pBackend), "", "wrk → backend", 0, 0},
+		{rowCaddyLogMiss, fmt.Sprintf("http://127.0.0.1:%d/doc", pCaddyLog), "", "bare Caddy with the default Caddyfile's access log (to a file, api_redact) and HSTS", 0, 0},
+		{rowDefaultMiss, fmt.Sprintf("http://127.0.0.1:%d/doc", pDefault), "X-API-Key: " + key, chainNote + ", in front of reverse_proxy", 0, 0},
+		{rowCaddyLogHit, fmt.Sprintf("http://127.0.0.1:%d/respond", pCaddyLog), "", "the same 1 KiB body from `respond`, with the same access log and HSTS", 0, 0},
+		{rowDefaultHit, fmt.Sprintf("http://127.0.0.1:%d/cached", pDefault), "X-API-Key: " + key, "the same chain, answered from api_etag's cache", 0, 0},
 		{"caddy reverse_proxy", fmt.Sprintf("http://127.0.0.1:%d/doc", pCaddy), "", "the baseline", 0, 0},
 		{"restgate, cache miss", fmt.Sprintf("http://127.0.0.1:%d/doc", pMiss), "X-API-Key: " + key, "errors, both limits, auth (10k keys), etag, proxy", 0, 0},
 		{"restgate, cache hit", fmt.Sprintf("http://127.0.0.1:%d/cached", pHit), "X-API-Key: " + key, "the same chain, etag with cache", 0, 0},
@@ -367,14 +432,20 @@ http://127.0.0.1:%d {
 		{"restgate → resources on PostgreSQL", fmt.Sprintf("http://127.0.0.1:%d/v1/events/GW150914", pResPG), "X-API-Key: " + key, "the same on PostgreSQL (loopback)", 0, 0},
 	}
 	// each configuration's server, whose CPU time per request is measured
+	admins := map[int]string{}
 	for i, c := range configs {
 		switch {
+		case strings.HasPrefix(c.name, "restgate, default chain"):
+			configs[i].server = rgDefault.Process.Pid
+			admins[rgDefault.Process.Pid] = fmt.Sprintf("127.0.0.1:%d", pAdminDefault)
 		case strings.HasPrefix(c.name, "backend"):
 			configs[i].server = backend.Process.Pid
 		case strings.HasPrefix(c.name, "caddy"):
 			configs[i].server = bare.Process.Pid
+			admins[bare.Process.Pid] = fmt.Sprintf("127.0.0.1:%d", pAdminCaddy)
 		case strings.HasPrefix(c.name, "restgate"):
 			configs[i].server = rg.Process.Pid
+			admins[rg.Process.Pid] = fmt.Sprintf("127.0.0.1:%d", pAdminRG)
 		case strings.HasPrefix(c.name, "nginx"):
 			configs[i].server = ngx.Process.Pid
 		}
@@ -404,6 +475,7 @@ http://127.0.0.1:%d {
 	for round := 0; round < o.rounds; round++ {
 		for i, c := range configs {
 			server0, backend0 := groupCPU(c.server), groupCPU(backend.Process.Pid)
+			mallocs0, _ := mallocs(admins[c.server])
 			s, err := runWrk(c, connsFor(c, o), o.duration)
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %v", round+1, c.name, err)
@@ -411,6 +483,9 @@ http://127.0.0.1:%d {
 			if s.requests > 0 {
 				s.serverCPU = float64(groupCPU(c.server)-server0) / float64(time.Microsecond) / float64(s.requests)
 				s.backendCPU = float64(groupCPU(backend.Process.Pid)-backend0) / float64(time.Microsecond) / float64(s.requests)
+				if m, err := mallocs(admins[c.server]); err == nil && mallocs0 > 0 {
+					s.allocs = float64(m-mallocs0) / float64(s.requests)
+				}
 			}
 			samples[i] = append(samples[i], s)
 			log.Printf("round %d %-28s %9.0f req/s  p50 %-8v p99 %v", round+1, c.name, s.rps, s.p50, s.p99)
@@ -423,15 +498,15 @@ http://127.0.0.1:%d {
 		return err
 	}
 
-	var micro, perHandler string
+	var micro, perHandler, handlers string
 	if o.micro {
 		var raw []byte
 		if micro, raw, err = runMicro(o); err != nil {
 			return err
 		}
-		perHandler = chainTable(raw)
+		perHandler, handlers = chainTable(raw), handlerTable(raw)
 	}
-	report := render(o, configs, samples, attacks, micro, perHandler, keyCount, rtt)
+	report := render(o, configs, samples, attacks, micro, perHandler, handlers, chainNote, keyCount, rtt)
 	if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
 		return err
 	}
@@ -754,7 +829,11 @@ func runMicro(o options) (stat string, raw []byte, err error) {
 	if o.smoke {
 		args = append(args, "-benchtime", "100x")
 	}
-	args = append(args, "./modules/...", "./backends/...", "./internal/...")
+	if o.quick {
+		args = append(args, "./internal/chainbench")
+	} else {
+		args = append(args, "./modules/...", "./backends/...", "./internal/...")
+	}
 	log.Printf("go %s", strings.Join(args, " "))
 	// benchmark lines from stdout only: a module's log line on stderr
 	// would otherwise split a result line in two
@@ -776,7 +855,7 @@ func runMicro(o options) (stat string, raw []byte, err error) {
 	// against the committed numbers when there are some, so a regression
 	// of a hot path shows as a delta; then this run becomes the baseline
 	args = []string{"tool", "-modfile=tools/go.mod", "benchstat"}
-	if _, err := os.Stat(microBaseline); err == nil && !o.smoke {
+	if _, err := os.Stat(microBaseline); err == nil && !o.smoke && !o.quick {
 		args = append(args, "committed="+microBaseline, "now="+f.Name())
 	} else {
 		args = append(args, f.Name())
@@ -785,7 +864,7 @@ func runMicro(o options) (stat string, raw []byte, err error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("benchstat: %v\n%s", err, out)
 	}
-	if !o.smoke {
+	if !o.smoke && !o.quick {
 		if err := os.WriteFile(microBaseline, raw, 0o644); err != nil {
 			return "", nil, err
 		}
@@ -897,7 +976,7 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-func render(o options, configs []config, samples [][]sample, attacks []attack, micro, chain string, keyCount int, redisRTT time.Duration) string {
+func render(o options, configs []config, samples [][]sample, attacks []attack, micro, chain, handlers, chainNote string, keyCount int, redisRTT time.Duration) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	cpu := "unknown CPU"
@@ -919,7 +998,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	fmt.Fprintf(&b, "- Command: `go run ./bench -rounds %d -duration %v -conns %d -attack %d` (`make bench`)\n", o.rounds, o.duration, o.conns, o.attack)
 	fmt.Fprintf(&b, "- Load: `wrk -t1 -c%d -d%v --latency [-H 'X-API-Key: …'] URL`, pinned to CPU 1 (`taskset -c 1`); every server pinned to CPU 0. Configurations run in turn, A/B/C/…, for %d rounds after a warm-up; a sample with any non-2xx response is an error.\n", o.conns, o.duration, o.rounds)
 	fmt.Fprintf(&b, "- Both Caddy configurations keep up to 128 idle upstream connections (`keepalive_idle_conns_per_host 128`), as nginx keeps 64 (`keepalive 64`); Caddy's default of 32 is below wrk's 64 connections.\n- Backend: a Go net/http server answering a fixed 1 KiB JSON document (`/doc`; `/cached` adds `Cache-Control: max-age=3600`).\n")
-	fmt.Fprintf(&b, "- restgate's full chain: `api_errors`, `api_rate_limit_ip` and `api_rate_limit` (limits that never refuse), `api_auth` with %d keys, `api_etag` (with `cache` for the hit rows), `reverse_proxy`. Access logs off everywhere.\n\n", keyCount)
+	fmt.Fprintf(&b, "- restgate's default chain: read from the default Caddyfile (see the next section). restgate's reduced chain (the rows after it): `api_errors`, `api_rate_limit_ip` and `api_rate_limit` (limits that never refuse), `api_auth` with %d keys, `api_etag` (with `cache` for the hit rows), `reverse_proxy`; access logs off in those rows.\n\n", keyCount)
 
 	row := func(name string) []sample {
 		for i, c := range configs {
@@ -929,6 +1008,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 		}
 		panic("no row " + name)
 	}
+	renderDefaultChain(&b, o, row, chainNote)
 	base := median(rpsOf(row("caddy reverse_proxy")))
 	baseP99 := median(p99Of(row("caddy reverse_proxy")))
 	fmt.Fprintf(&b, "## End to end\n\nAt %d connections unless the row says otherwise.\n\n| configuration | median req/s | spread (min–max) | p50 | p99 | vs caddy proxy |\n|---|---:|---:|---:|---:|---:|\n", o.conns)
@@ -950,6 +1030,8 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	fmt.Fprintf(&b, "## CPU per request\n\nCPU time (user + system) of the configuration's server process group and of the backend over each run, divided by the requests wrk completed; medians of the rounds. Servers and the backend share CPU 0, so throughput follows their sum. This machine's speed drifts between runs (the backend's own cost per request moves with it), so compare rows of one round or the ratios below.\n\n| configuration | server µs/request | backend µs/request | server + backend | server + backend, added to |\n|---|---:|---:|---:|---:|\n")
 	// what each restgate row is measured against
 	counterpart := map[string]string{
+		rowDefaultMiss:                                    rowCaddyLogMiss,
+		rowDefaultHit:                                     rowCaddyLogHit,
 		"restgate, cache miss":                            "caddy reverse_proxy",
 		"restgate, cache hit":                             "caddy respond (ceiling inside Caddy)",
 		"restgate, cache miss, HTTPS":                     "caddy reverse_proxy, HTTPS",
@@ -1031,6 +1113,9 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	if o.smoke {
 		b.WriteString("\n## Go microbenchmarks\n\nNot run in a smoke run.\n")
 	}
+	if handlers != "" {
+		b.WriteString("\n## Each handler alone, and the default chain, in process\n\n" + handlers)
+	}
 	if chain != "" {
 		b.WriteString("\n## The chain in process, handler by handler\n\n" + chain)
 		b.WriteString("\nWhat these numbers add up to, and what of the distance to the targets cannot be removed from restgate's side: [README, Benchmarks](README.md#benchmarks).\n")
@@ -1081,4 +1166,34 @@ func p99Of(s []sample) []float64 {
 func firstLine(b []byte) string {
 	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	return s
+}
+
+// The default-chain rows and their references (bare Caddy with the same
+// access log and HSTS).
+const (
+	rowCaddyLogMiss = "caddy reverse_proxy, access log + HSTS"
+	rowDefaultMiss  = "restgate, default chain, cache miss"
+	rowCaddyLogHit  = "caddy respond, access log + HSTS"
+	rowDefaultHit   = "restgate, default chain, cache hit"
+)
+
+// mallocs reads the cumulative count of heap allocations of the Caddy
+// process whose admin API listens on admin (its expvar /debug/vars).
+func mallocs(admin string) (uint64, error) {
+	if admin == "" {
+		return 0, fmt.Errorf("no admin address")
+	}
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + admin + "/debug/vars")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Memstats struct{ Mallocs uint64 } `json:"memstats"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, err
+	}
+	return v.Memstats.Mallocs, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,7 +42,7 @@ type memoryTransport struct{}
 func (memoryTransport) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.reverse_proxy.transport.bench_memory",
-		New: func() caddy.Module { return memoryTransport{} },
+		New: func() caddy.Module { return new(memoryTransport) },
 	}
 }
 
@@ -81,67 +82,76 @@ var chain = []struct{ host, handler string }{
 }
 
 // The sites, one per host on one server: bare, then each adding the next
-// handler of the chain; cache is the full chain with api_etag's cache.
-var sites = func() []struct{ host, handlers string } {
-	out := []struct{ host, handlers string }{{"bare", ""}}
+// handler of the chain; cache is the full chain with api_etag's cache. The
+// default Caddyfile's sites (defaultSites) are added once it is read.
+var sites = func() []site {
+	out := []site{{"bare", ""}}
 	handlers := ""
 	for _, c := range chain {
 		handlers += c.handler
-		out = append(out, struct{ host, handlers string }{c.host, handlers})
+		out = append(out, site{c.host, handlers})
 	}
 	cache := strings.TrimSuffix(handlers, chain[len(chain)-1].handler) + "api_etag {\n cache\n}\n"
-	return append(out, struct{ host, handlers string }{"cache", cache},
-		struct{ host, handlers string }{"default", defaultChain})
+	return append(out, site{"cache", cache})
 }()
 
-// defaultChain is the default Caddyfile's chain as shipped: its access log
-// (to a file, through api_redact), the request id appended to every line,
-// HSTS, api_errors with require_auth, api_cors, both limits, api_auth,
-// api_idempotency and api_etag's cache ({log} is the log file's path).
-const defaultChain = `log {
- output file {log}
- format filter {
-  wrap json
-  fields {
-   request>headers api_redact
-   request>uri api_redact
-  }
- }
+type site struct{ host, handlers string }
+
+// shippedEnv is what the benchmarks set of the default Caddyfile's
+// environment: limits that never refuse, and the data directory (its
+// api-keys.yaml holds the benchmark's keys).
+func shippedEnv(dir string) map[string]string {
+	return map[string]string{
+		"RESTGATE_RATE_PER_IP":   "1000000000/1s",
+		"RESTGATE_RATE_PER_USER": "1000000000/1s",
+		"RESTGATE_DATA":          dir,
+	}
 }
-log_append request_id {http.request.header.X-Request-Id}
-header Strict-Transport-Security "max-age=31536000"
-api_errors {
- require_auth
+
+// defaultSites are the default Caddyfile's chain as shipped, read from the
+// file (its access log to a file, through api_redact; the request id
+// appended to every line; HSTS; api_errors with require_auth; api_cors;
+// both limits; api_auth; api_idempotency; api_etag's cache): default is
+// the whole chain, default_caddy Caddy's part of it alone (the same access
+// log and HSTS), and one site per restgate handler alone (h_<directive>),
+// each in front of the site's upstream. Handler sites answer from `respond`
+// (see handlerTerminal); api_errors alone runs without require_auth, which
+// refuses every request no api_auth let through.
+func defaultSites(s Shipped) []site {
+	out := []site{{"default", s.Chain}, {"defaultcaddy", s.Caddy}}
+	for _, p := range s.Parts {
+		if !strings.HasPrefix(p.Directive, "api_") {
+			continue
+		}
+		text := p.Text
+		if p.Directive == "api_errors" {
+			text = "api_errors\n"
+		}
+		out = append(out, site{"h-" + strings.ReplaceAll(p.Directive, "_", "-"), text})
+	}
+	return out
 }
-api_cors {
- origins http://localhost:3000 http://localhost:5173
-}
-api_rate_limit_ip {
- zone per-ip 1000000000/1s
-}
-api_auth {
- keys_file {keys}
- no_env
-}
-api_rate_limit {
- zone per-user 1000000000/1s
-}
-api_idempotency
-api_etag {
- cache {
-  max_size 64MiB
- }
-}
-`
+
+// handlerTerminal answers the handler sites from memory, as Caddy's
+// `respond` does: /cached with an hour of freshness.
+const handlerTerminal = "handle /cached {\nheader Cache-Control max-age=3600\nheader Content-Type application/json\nrespond `%[1]s` 200\n}\nheader Content-Type application/json\nrespond `%[1]s` 200\n"
 
 const keyCount = 10_000
 
 var (
 	loadOnce sync.Once
 	server   *caddyhttp.Server
-	port     int    // the server's port, which the requests' Host carries as a client's would
+	port     int // the server's port, which the requests' Host carries as a client's would
+	// logged are the servers of the sites with an access log (the default
+	// Caddyfile's, host default…), one each, on their own ports: Caddy's
+	// logging setup would otherwise cost every site of a server, logged or
+	// not, and every request would pass each site's logger
+	logged   = map[string]*caddyhttp.Server{}
+	logPorts = map[string]int{}
 	dir      string // the config's temporary directory (keys, storage)
 	loadErr  error
+	// shippedSites are the sites read from the default Caddyfile
+	shippedSites []site
 )
 
 // TestMain stops the config a test or benchmark loaded and removes its
@@ -179,20 +189,33 @@ func start() (*caddyhttp.Server, error) {
 		sum := sha256.Sum256([]byte("rg_bench_key_" + strconv.Itoa(i)))
 		fmt.Fprintf(&keys, "  - user: user%d\n    sha256: %s\n    scopes: [read, write]\n", i, hex.EncodeToString(sum[:]))
 	}
-	keysFile := filepath.Join(dir, "keys.yaml")
+	keysFile := filepath.Join(dir, "api-keys.yaml")
 	if err := os.WriteFile(keysFile, []byte(keys.String()), 0o600); err != nil {
 		return nil, err
 	}
-	port, err = testnet.FreePort()
-	if err != nil {
+	if port, err = testnet.FreePort(); err != nil {
 		return nil, err
+	}
+	for _, h := range []string{"default", "defaultcaddy", "defaultrespond"} {
+		if logPorts[h], err = testnet.FreePort(); err != nil {
+			return nil, err
+		}
 	}
 	var cf strings.Builder
 	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
-	for _, s := range sites {
-		fmt.Fprintf(&cf, "http://%s.test:%d {\n%sreverse_proxy 127.0.0.1:1 {\n transport bench_memory\n}\n}\n",
-			s.host, port, strings.NewReplacer("{keys}", keysFile, "{log}", filepath.Join(dir, "access.log")).Replace(s.handlers))
+	shipped, err := ReadShipped(filepath.Join("..", "..", "Caddyfile"), shippedEnv(dir), filepath.Join(dir, "access.log"))
+	if err != nil {
+		return nil, err
 	}
+	shippedSites = defaultSites(shipped)
+	for _, s := range append(sites, shippedSites...) {
+		terminal := "reverse_proxy 127.0.0.1:1 {\n transport bench_memory\n}\n"
+		if strings.HasPrefix(s.host, "h-") {
+			terminal = fmt.Sprintf(handlerTerminal, doc)
+		}
+		fmt.Fprintf(&cf, "http://%s.test:%d {\n%s%s}\n", s.host, portFor(s.host), strings.ReplaceAll(s.handlers, "{keys}", keysFile), terminal)
+	}
+	fmt.Fprintf(&cf, "http://defaultrespond.test:%d {\n%sheader Content-Type application/json\nrespond `%s` 200\n}\n", portFor("defaultrespond"), shipped.Caddy, doc)
 	fmt.Fprintf(&cf, "http://respond.test:%d {\nheader Content-Type application/json\nrespond `%s` 200\n}\n", port, doc)
 
 	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(caddyfile.Format([]byte(cf.String())), map[string]any{"filename": "Caddyfile"})
@@ -209,10 +232,32 @@ func start() (*caddyhttp.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var plain *caddyhttp.Server
 	for _, srv := range app.(*caddyhttp.App).Servers {
-		return srv, nil
+		host := ""
+		for h, p := range logPorts {
+			if slices.ContainsFunc(srv.Listen, func(a string) bool { return strings.HasSuffix(a, ":"+strconv.Itoa(p)) }) {
+				host = h
+			}
+		}
+		if host != "" {
+			logged[host] = srv
+		} else {
+			plain = srv
+		}
 	}
-	return nil, fmt.Errorf("the config has no HTTP server")
+	if plain == nil || len(logged) != len(logPorts) {
+		return nil, fmt.Errorf("the config lacks a server: %v", app.(*caddyhttp.App).Servers)
+	}
+	return plain, nil
+}
+
+// portFor is the port of host's server.
+func portFor(host string) int {
+	if p, ok := logPorts[host]; ok {
+		return p
+	}
+	return port
 }
 
 // discard is the client's end: headers and a status, the body counted. It
@@ -246,7 +291,10 @@ func (w *discard) Write(p []byte) (int, error) {
 // serve sends one request for path to host through srv and checks that the
 // whole document came back.
 func serve(tb testing.TB, srv *caddyhttp.Server, host, path string) *discard {
-	r, err := http.NewRequest(http.MethodGet, "http://"+host+".test:"+strconv.Itoa(port)+path, nil)
+	if l, ok := logged[host]; ok {
+		srv = l
+	}
+	r, err := http.NewRequest(http.MethodGet, "http://"+host+".test:"+strconv.Itoa(portFor(host))+path, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -318,7 +366,9 @@ func TestSites(t *testing.T) {
 // full: the default chain on a cache miss; cache_hit: the same chain with
 // the cache answering; default_miss and default_hit: the default
 // Caddyfile's chain as shipped, access log and HSTS included, on a miss and
-// on a cache hit; respond: Caddy's own static response).
+// on a cache hit; default_caddy_miss and default_caddy_hit: bare Caddy with
+// the same access log and HSTS, reverse_proxy and respond; respond:
+// Caddy's own static response).
 func BenchmarkChain(b *testing.B) {
 	srv := load(b)
 	for _, tc := range []struct{ name, host, path string }{
@@ -331,8 +381,40 @@ func BenchmarkChain(b *testing.B) {
 		{"cache_hit", "cache", "/cached"},
 		{"default_miss", "default", "/doc"},
 		{"default_hit", "default", "/cached"},
+		{"default_caddy_miss", "defaultcaddy", "/doc"},
+		{"default_caddy_hit", "defaultrespond", "/doc"},
 		{"respond", "respond", "/doc"},
 	} {
+		b.Run(tc.name, func(b *testing.B) {
+			serve(b, srv, tc.host, tc.path) // warm: keys loaded, cache filled
+			b.ReportAllocs()
+			for b.Loop() {
+				serve(b, srv, tc.host, tc.path)
+			}
+		})
+	}
+}
+
+// BenchmarkHandler is one request through each restgate handler of the
+// default Caddyfile alone, configured as shipped, in front of `respond`
+// (api_etag twice: a miss that computes the ETag, and a hit from its
+// cache); respond is the same response without a handler, the baseline.
+func BenchmarkHandler(b *testing.B) {
+	srv := load(b)
+	cases := []struct{ name, host, path string }{{"respond", "respond", "/doc"}}
+	for _, s := range shippedSites {
+		d, ok := strings.CutPrefix(s.host, "h-")
+		if !ok {
+			continue
+		}
+		name := strings.ReplaceAll(d, "-", "_")
+		if name == "api_etag" {
+			cases = append(cases, struct{ name, host, path string }{name + "_miss", s.host, "/doc"}, struct{ name, host, path string }{name + "_hit", s.host, "/cached"})
+			continue
+		}
+		cases = append(cases, struct{ name, host, path string }{name, s.host, "/doc"})
+	}
+	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			serve(b, srv, tc.host, tc.path) // warm: keys loaded, cache filled
 			b.ReportAllocs()
