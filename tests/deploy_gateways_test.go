@@ -236,7 +236,14 @@ func layRecipe(t *testing.T, redisAddr, db string) *recipe {
 			r.ports[p] = strconv.Itoa(free[i])
 		}
 	}
-	if err := writeTestKeys(filepath.Join(etc, "api-keys.yaml")); err != nil {
+	keys := r.paths.Replace(envValue(parseEnvFile(files["gateways.env"]), "RESTGATE_API_KEYS_FILE"))
+	if !strings.HasPrefix(keys, etc) {
+		t.Fatalf("gateways.env's RESTGATE_API_KEYS_FILE %q is not under /etc/restgate", keys)
+	}
+	if err := os.MkdirAll(filepath.Dir(keys), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeTestKeys(keys); err != nil {
 		t.Fatal(err)
 	}
 	return r
