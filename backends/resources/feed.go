@@ -161,9 +161,6 @@ func (h *Handler) feed(w http.ResponseWriter, r *http.Request, t target, who cal
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	// the stream outlives the server's read timeout, which would otherwise
-	// end it (HTTP/1.1)
-	_ = rc.SetReadDeadline(time.Time{})
 	s := &stream{h: h, w: w, rc: rc, t: t, q: fq}
 	s.buf.WriteString("retry: " + strconv.Itoa(feedRetry) + "\n\n")
 

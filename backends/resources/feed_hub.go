@@ -122,6 +122,9 @@ func (hub *feedHub) ingest(ctx context.Context) {
 		hub.mu.Lock()
 		hub.started, hub.last, hub.from, last = true, latest, latest, latest
 		hub.prunedLast, hub.prunedAt = latest, time.Now()
+		// a watcher that opened before may be behind the ring: it reads
+		// the log, now
+		hub.wakeLocked()
 		hub.mu.Unlock()
 	}
 	for {
@@ -157,16 +160,20 @@ func (hub *feedHub) ingest(ctx context.Context) {
 			hub.ring = slices.Delete(hub.ring, 0, drop)
 		}
 		if len(batch) > 0 {
-			for w := range hub.waiters {
-				select {
-				case w <- struct{}{}:
-				default:
-				}
-			}
+			hub.wakeLocked()
 		}
 		hub.mu.Unlock()
 		if len(batch) < feedPage {
 			return
+		}
+	}
+}
+
+func (hub *feedHub) wakeLocked() {
+	for w := range hub.waiters {
+		select {
+		case w <- struct{}{}:
+		default:
 		}
 	}
 }
