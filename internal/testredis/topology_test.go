@@ -2,6 +2,7 @@ package testredis
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,10 +30,10 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	masters := 0
-	_ = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { masters++; return nil })
-	if masters != 3 {
-		t.Errorf("%d primaries", masters)
+	var masters atomic.Int32 // ForEachMaster calls concurrently
+	_ = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { masters.Add(1); return nil })
+	if n := masters.Load(); n != 3 {
+		t.Errorf("%d primaries, want 3", n)
 	}
 }
 
