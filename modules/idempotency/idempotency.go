@@ -81,6 +81,12 @@ const (
 // records while that one holds no more than its fair share, MaxSize ÷ the
 // principals with records).
 //
+// The records live in this process's memory, or (Store) in Redis, shared
+// by every gateway that uses it; there claims have a lease (ClaimLease)
+// that their gateway renews while the request runs, so that the keys of a
+// gateway that died are free again soon, and the bounds on requests in
+// flight count each gateway's own.
+//
 // Where `required` paths match, a request without the key is a 400
 // problem linking to the documentation. A malformed key (not an
 // sf-string, empty, or longer than 255 characters) is a 400 problem.
@@ -137,7 +143,7 @@ type Handler struct {
 	// or `auto` (redis when the redis app is configured with an address,
 	// else local). With Redis, a request with a key that cannot be claimed
 	// because Redis cannot be reached is refused with a 503 problem and a
-	// Retry-After (fail closed: never carried out unprotected). See redis.go.
+	// Retry-After (fail closed: never carried out unprotected).
 	Store string `json:"store,omitempty"`
 
 	// With Redis: how long a claim in flight lives unless its gateway
