@@ -186,10 +186,19 @@ func (h *Handler) openAPI() ([]byte, error) {
 			"type":       "object",
 			"properties": obj{"items": obj{"type": "array", "items": ref}, "pagination": obj{"$ref": "#/components/schemas/Pagination"}},
 			"required":   []string{"items", "pagination"},
-		}}}}
+		}}, eventStreamType: obj{
+			"schema": obj{"type": "string", "description": "Server-sent events: `created`, `updated`, `deleted` (and `reset`), each with an `id` to resume from; data: " +
+				`{"url": "…", "etag": "…", "resource": {…}} (no resource on deleted)`},
+		}}}
+		list["429"].(obj)["description"] = "Too Many Requests (also: this principal's change streams are at `feed_max_streams`)"
+		listParams = append(listParams,
+			obj{"name": "Last-Event-ID", "in": "header", "description": "change feed: resume after this event id", "schema": obj{"type": "string"}},
+			obj{"name": lastEventIDParam, "in": "query", "description": "change feed: resume after this event id (for clients that cannot set Last-Event-ID)", "schema": obj{"type": "integer", "minimum": 0}})
 		paths[h.Prefix+base] = obj{
 			"get": obj{"operationId": "list_" + c.Name, "summary": "List " + c.Name, "tags": tags, "parameters": listParams, "responses": list,
-				"description": "A page of " + c.Name + " (`page` from 1, `limit` up to " + strconv.Itoa(maxLimit) + "), sorted by `sort` and filtered by `field=value`."},
+				"description": "A page of " + c.Name + " (`page` from 1, `limit` up to " + strconv.Itoa(maxLimit) + "), sorted by `sort` and filtered by `field=value`. " +
+					"With `Accept: text/event-stream`, the collection's change feed instead: every change from now (or after `Last-Event-ID`), filtered as the list is" + ownedNote(c) +
+					"; a `reset` event when the id is older than the change log (list again, then follow)."},
 			"post": obj{"operationId": "create_" + singular(c), "summary": "Create " + one, "tags": tags, "parameters": append([]any{idemKey}, params...),
 				"description": "Creates " + one + "; `Location` names it. An existing key is a 409; invalid fields are a 422 with a pointer to each.", "requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}, "responses": create},
 		}
@@ -308,4 +317,11 @@ func schemaName(c *Collection) string {
 		return "Document"
 	}
 	return string(s[0]&^0x20) + s[1:]
+}
+
+func ownedNote(c *Collection) string {
+	if c.Owned {
+		return ", the caller's own documents only"
+	}
+	return ""
 }
