@@ -95,7 +95,7 @@ func (z *Zone) redisKeyPrefix(app *redisapp.App) string {
 // that in a Redis Cluster one request's buckets of one principal (or one
 // address) share a slot and are decided by one script, whatever the zone.
 func redisKey(z *Zone, key string) string {
-	return z.redisPrefix + redisapp.Tag(key)
+	return redisapp.Tagged(z.redisPrefix, key)
 }
 
 // decide takes a token for each ask, all or nothing; it returns the

@@ -40,12 +40,15 @@ func Slot(key string) int {
 // "{s}", so that the keys built around it share a slot. A part that holds
 // a brace, or is empty, would not be one tag: its digest is the tag
 // ("{#…}"; a part that starts with "#" too, so that none can pose as one).
-func Tag(s string) string {
+func Tag(s string) string { return Tagged("", s) }
+
+// Tagged is prefix + Tag(s), in one allocation.
+func Tagged(prefix, s string) string {
 	if s == "" || s[0] == '#' || strings.ContainsAny(s, "{}") {
 		sum := sha256.Sum256([]byte(s))
-		return "{#" + hex.EncodeToString(sum[:12]) + "}"
+		return prefix + "{#" + hex.EncodeToString(sum[:12]) + "}"
 	}
-	return "{" + s + "}"
+	return prefix + "{" + s + "}"
 }
 
 // ErrNotReplicated: a write that wait_replicas asked to wait for reached

@@ -120,3 +120,15 @@ func TestTopologyOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestTaggedAllocatesOnce: a bucket key costs one allocation, as the
+// untagged prefix + key did.
+func TestTaggedAllocatesOnce(t *testing.T) {
+	prefix, part := "restgate:rl:user:0a1b2c3d:", "key:alice"
+	if n := testing.AllocsPerRun(100, func() { _ = Tagged(prefix, part) }); n > 1 {
+		t.Errorf("Tagged: %v allocations, want 1", n)
+	}
+	if got := Tagged(prefix, part); got != prefix+Tag(part) {
+		t.Errorf("Tagged = %q, want %q", got, prefix+Tag(part))
+	}
+}
