@@ -110,15 +110,13 @@ func TestPostgresFailover(t *testing.T) {
 		n := w % counters
 		path := g.URL(fmt.Sprintf("/v1/counters/c%d", n))
 		get, etag := call(c, "GET", path, "")
-		record(w, get, false)
-		if get.status != 200 {
-			time.Sleep(10 * time.Millisecond) // a client honouring Retry-After waits longer
-			return true
-		}
 		var v struct{ N int }
-		if err := json.Unmarshal([]byte(get.body), &v); err != nil {
-			get.err = fmt.Errorf("GET c%d: %v: %s", n, err, get.body)
-			record(w, get, false)
+		if err := json.Unmarshal([]byte(get.body), &v); get.status == 200 && err != nil {
+			get.err = fmt.Errorf("%v: %s", err, get.body)
+		}
+		record(w, get, false)
+		if get.status != 200 || get.err != nil {
+			time.Sleep(10 * time.Millisecond) // a client honouring Retry-After waits longer
 			return true
 		}
 		a, _ := call(c, "PATCH", path, fmt.Sprintf(`{"n": %d}`, v.N+1), "If-Match", etag)
