@@ -436,17 +436,19 @@ func TestFeedStalledClient(t *testing.T) {
 func TestFeedOpenAPI(t *testing.T) {
 	h := newTestHandler(t, testConfig)
 	var doc struct {
-		Paths map[string]map[string]struct {
-			Responses map[string]struct {
-				Content map[string]any `json:"content"`
-			} `json:"responses"`
+		Paths map[string]struct {
+			Get struct {
+				Responses map[string]struct {
+					Content map[string]any `json:"content"`
+				} `json:"responses"`
+			} `json:"get"`
 		} `json:"paths"`
 	}
 	if err := json.Unmarshal(h.openapi, &doc); err != nil {
 		t.Fatal(err)
 	}
 	for _, path := range []string{"/v1/events", "/v1/events/{events_name}/productions", "/v1/secrets"} {
-		if _, ok := doc.Paths[path]["get"].Responses["200"].Content["text/event-stream"]; !ok {
+		if _, ok := doc.Paths[path].Get.Responses["200"].Content["text/event-stream"]; !ok {
 			t.Errorf("GET %s documents no text/event-stream response", path)
 		}
 	}
