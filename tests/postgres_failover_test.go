@@ -120,7 +120,6 @@ func TestPostgresFailover(t *testing.T) {
 			return true
 		}
 		a, _ := call(c, "PATCH", path, fmt.Sprintf(`{"n": %d}`, v.N+1), "If-Match", etag)
-		a.what = fmt.Sprintf("PATCH c%d", n)
 		mu.Lock()
 		switch a.status {
 		case 200:
@@ -268,7 +267,7 @@ func TestPostgresFailover(t *testing.T) {
 // call sends one request of TestPostgresFailover: how it went, and the
 // ETag answered.
 func call(c *http.Client, method, url, body string, headers ...string) (a answer, etag string) {
-	a = answer{what: method + " " + url, start: time.Now()}
+	a = answer{what: method + " " + url[strings.Index(url, "/v1/"):], start: time.Now()}
 	r, err := Send(c, method, url, body, append(bearer("tester"), headers...)...)
 	a.took = time.Since(a.start)
 	if a.err = err; err == nil {
