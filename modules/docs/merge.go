@@ -221,10 +221,26 @@ func (m *merger) addTag(tag string, svc *Service, doc obj, added int) {
 			have[n] = true
 		}
 	}
-	title, _ := asObj(doc["info"])["title"].(string)
-	desc := "Served by " + svc.URL + " under " + svc.Prefix
+	// never the document's URL: an internal address has no place in a
+	// public document
+	info := asObj(doc["info"])
+	title, _ := info["title"].(string)
+	desc := "The service under " + svc.Prefix
 	if title != "" {
-		desc = title + ": " + strings.ToLower(desc[:1]) + desc[1:]
+		desc = title + ", under " + svc.Prefix
+	}
+	if d, _ := info["description"].(string); d != "" {
+		desc += ": " + d
+	}
+	if added > 0 {
+		if top := asObj(m.doc["info"]); top != nil {
+			d, _ := top["description"].(string)
+			name := title
+			if name == "" {
+				name = svc.Name
+			}
+			top["description"] = strings.TrimSpace(d + "\n\nAlso behind this gateway: " + name + ", under `" + svc.Prefix + "`.")
+		}
 	}
 	if !have[tag] && added > 0 {
 		tags = append(tags, obj{"name": tag, "description": desc})

@@ -192,6 +192,12 @@ func TestMergeFastAPI(t *testing.T) {
 			t.Errorf("the document lacks %s", want)
 		}
 	}
+	if bytes.Contains(raw, []byte("127.0.0.1")) {
+		t.Error("the document names the service's internal address")
+	}
+	if d, _ := get(doc, "info", "description").(string); !strings.HasSuffix(d, "Also behind this gateway: Orders, under `/v1/orders`.") {
+		t.Errorf("info.description %q does not name the service", d)
+	}
 	if get(doc, "components", "headers", "ETag", "description") != "tag" {
 		t.Error("the base's ETag header was replaced")
 	}
