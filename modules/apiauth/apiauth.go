@@ -24,6 +24,7 @@ import (
 
 	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/metrics"
+	"github.com/restgate/restgate/internal/trace"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -406,13 +407,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch presence {
 	case credConflict:
 		metrics.AuthInvalid.Inc()
+		trace.Auth(r.Context(), trace.AuthInvalid)
 		return problem.Error(http.StatusBadRequest, "conflicting_credentials", "the request carries two different API keys")
 	case credNone:
 		if h.anonymous[r.Method] || (len(h.Public) > 0 && h.Public.Match(r)) {
 			metrics.AuthAnonymous.Inc()
+			trace.Auth(r.Context(), trace.AuthAnonymous)
 			return next.ServeHTTP(w, identity.Unlock(r)) // anonymous or public, by declaration
 		}
 		metrics.AuthMissing.Inc()
+		trace.Auth(r.Context(), trace.AuthMissing)
 		w.Header().Set("WWW-Authenticate", h.challenge)
 		return problem.Error(http.StatusUnauthorized, "", "an API key is required: send it as `Authorization: Bearer <key>`")
 	}
@@ -420,12 +424,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	k, err := h.authenticate(r.Context(), token, from)
 	if err != nil {
 		metrics.AuthInvalid.Inc()
+		trace.Auth(r.Context(), trace.AuthInvalid)
 		w.Header().Set("WWW-Authenticate", h.challengeBad)
 		return err
 	}
 	scope := h.scopeFor(r.Method)
 	if !k.has(scope) {
 		metrics.AuthInsufficientScope.Inc()
+		trace.AuthPrincipal(r.Context(), trace.AuthInsufficientScope, k.issuerAny)
 		w.Header().Set("WWW-Authenticate", h.challenge+`, error="insufficient_scope", scope="`+scope+`"`)
 		what := "this key"
 		if k.issuerAny != nil {
@@ -435,6 +441,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	metrics.AuthOK.Inc()
+	trace.AuthPrincipal(r.Context(), trace.AuthOK, k.issuerAny)
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(identity.UserPlaceholder, k.userAny)
 		repl.Set(identity.PrincipalPlaceholder, k.principalAny)

@@ -12,6 +12,7 @@ import (
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/httpcond"
 	"github.com/restgate/restgate/internal/metrics"
+	"github.com/restgate/restgate/internal/trace"
 )
 
 // Our Cache-Status entries (RFC 9211 §2), added after any upstream cache's.
@@ -75,6 +76,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 			switch h.usable(e, reqCC) {
 			case useFresh:
 				metrics.CacheHit.Inc()
+				trace.Cache(r.Context(), trace.CacheHit)
 				return h.serveEntry(w, r, e, who, statusHit)
 			case useClientRefused:
 				stale, fwd = e, fwdRequest
@@ -85,6 +87,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		if fwd == fwdMiss {
 			metrics.CacheMiss.Inc()
 		}
+		trace.Cache(r.Context(), [...]string{fwdMiss: trace.CacheMiss, fwdStale: trace.CacheStale, fwdRequest: trace.CacheBypass}[fwd])
 	}
 
 	// ask upstream; HEAD goes as GET so that its ETag is the GET's, and the

@@ -20,6 +20,7 @@ import (
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/httpcond"
+	"github.com/restgate/restgate/internal/trace"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/redisapp"
 )
@@ -57,7 +58,9 @@ func (h *Handler) conditionalWrite(w http.ResponseWriter, r *http.Request, next 
 	// next runs up to three times: each run starts from the route groups
 	// matched so far, as the first would
 	groups := snapshotRouteGroups(r)
+	lockStart := trace.Start(r.Context())
 	unlock, lost, err := lockWithLoss(h.locks, r.Context(), canon.ResourceKey(r), time.Duration(h.LockTimeout))
+	trace.Lock(r.Context(), lockStart, err)
 	if errors.Is(err, errLockUnavailable) {
 		if retry := h.redis.RetryInFor(redisapp.PurposeLock); retry > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))

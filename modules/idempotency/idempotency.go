@@ -25,6 +25,7 @@ import (
 
 	"github.com/restgate/restgate/internal/canon"
 	"github.com/restgate/restgate/internal/identity"
+	"github.com/restgate/restgate/internal/trace"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/redisapp"
 )
@@ -322,19 +323,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	claim, rec, err := h.store.Begin(context.WithoutCancel(r.Context()), who, scope(who, r, idemKey), fp, h.now(), time.Duration(h.TTL))
 	switch {
 	case err != nil:
+		trace.Idempotency(r.Context(), trace.IdemRefused)
 		return h.refuse(w, err)
 	case claim != nil:
+		trace.Idempotency(r.Context(), trace.IdemClaimed)
 		return h.run(w, r, next, claim, fp)
 	case rec.Fingerprint != fp:
+		trace.Idempotency(r.Context(), trace.IdemMismatch)
 		return problem.Error(http.StatusUnprocessableEntity, "idempotency_key_reused",
 			"this Idempotency-Key was already used for a different request; use a new key for a new request")
 	case rec.InFlight:
+		trace.Idempotency(r.Context(), trace.IdemInFlight)
 		w.Header().Set("Retry-After", "1")
 		return problem.Error(http.StatusConflict, "idempotency_key_in_use",
 			"a request with this Idempotency-Key is still being processed; retry shortly to get its response")
 	case rec.Discarded:
+		trace.Idempotency(r.Context(), trace.IdemDiscarded)
 		return discarded(rec)
 	}
+	trace.Idempotency(r.Context(), trace.IdemReplayed)
 	return replay(w, r, rec)
 }
 
@@ -368,6 +375,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, next caddyhttp.Han
 		h.logger.Warn("an Idempotency-Key request outlived its claim (ttl): its response was not stored",
 			zap.Duration("ttl", time.Duration(h.TTL)), zap.Int("status", rw.status))
 	}
+	trace.Idempotency(r.Context(), trace.IdemStored)
 	return err
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/metrics"
 	"github.com/restgate/restgate/internal/redact"
+	"github.com/restgate/restgate/internal/trace"
 )
 
 func init() {
@@ -291,6 +292,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, p *Problem, src 
 		}
 		p.Type = h.TypeBase + p.Code
 	}
+	trace.Problem(r.Context(), p.Status, p.Type, p.Code, src == metrics.Backend)
 	Write(w, r, p)
 }
 

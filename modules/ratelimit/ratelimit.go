@@ -26,6 +26,7 @@ import (
 	"github.com/restgate/restgate/internal/fieldvalue"
 	"github.com/restgate/restgate/internal/identity"
 	"github.com/restgate/restgate/internal/metrics"
+	"github.com/restgate/restgate/internal/trace"
 	"github.com/restgate/restgate/modules/problem"
 	"github.com/restgate/restgate/modules/redisapp"
 )
@@ -264,6 +265,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if refused < 0 {
 		for i := range n {
 			applied[i].counters.admitted.Inc()
+			trace.RateLimit(r.Context(), applied[i].Name, trace.Admitted, decided[i].Remaining)
 		}
 		if h.ShareRefunds {
 			if rf := h.keepForRefund(r, decided[:n]); rf != nil {
@@ -279,6 +281,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// spent nothing in this one
 	h.refundEarlier(r)
 	z, d := applied[refused], decided[refused]
+	trace.RateLimit(r.Context(), z.Name, trace.Refused, d.Remaining)
 	h.reportRefusal(r, z, d)
 	if h.Mode == ModeReportOnly {
 		z.counters.wouldRefuse.Inc()
@@ -303,6 +306,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, asks []ask, err error) error {
 	for _, a := range asks {
 		a.zone.counters.undecided.Inc()
+		trace.RateLimit(r.Context(), a.zone.Name, trace.Undecided, -1)
 	}
 	h.reportUndecided(r, asks, err)
 	if h.OnError == OnErrorAllow {
