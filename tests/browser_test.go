@@ -185,12 +185,15 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("/docs rendered %d operations; text has 'List events': %v", ops, strings.Contains(text, "List events"))
 	}
 	// "Try it out" with a key typed into the Authorize dialog: authorise
-	// the way the dialog does, expand List events, execute it (as alice:
+	// the way the dialog does, expand List events, press Try it out, execute it (as alice:
 	// the app page used up tester's quota)
 	alice := strings.TrimPrefix(bearer("alice")[1], "Bearer ")
 	tryIt := `(async () => {
 		ui.authActions.authorize({bearer: {name: "bearer", schema: {type: "http", scheme: "bearer"}, value: ` + "`" + alice + "`" + `}});
 		document.querySelector("#operations-events-list_events .opblock-summary-control").click();
+		// "Try it out" is off until pressed
+		for (let i = 0; i < 100 && !document.querySelector("#operations-events-list_events .try-out__btn"); i++) await new Promise(r => setTimeout(r, 50));
+		document.querySelector("#operations-events-list_events .try-out__btn").click();
 		for (let i = 0; i < 100 && !document.querySelector("#operations-events-list_events .execute"); i++) await new Promise(r => setTimeout(r, 50));
 		document.querySelector("#operations-events-list_events .execute").click();
 		return true;
