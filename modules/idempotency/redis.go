@@ -59,10 +59,9 @@ import (
 // background while the lease lasts. A claim whose reply was lost (Redis
 // may have made it) is released in the background.
 
-// claimPurpose is the redis app's circuit for claims. The app has no
-// purpose of its own for idempotency yet; the default one is used by no
-// other module, so limiter timeouts never refuse a claim.
-const claimPurpose = redisapp.PurposeDefault
+// claimPurpose is the redis app's circuit for claims: its own, so limiter
+// timeouts never refuse a claim.
+const claimPurpose = redisapp.PurposeIdempotency
 
 // defaultClaimLease is how long a claim lives unless its holder renews it.
 const defaultClaimLease = 10 * time.Second

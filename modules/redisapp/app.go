@@ -260,7 +260,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			wait:     time.Duration(a.WaitTimeout),
 			circuits: map[Purpose]*circuit{},
 		}
-		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish, PurposeRefund} {
+		for _, p := range []Purpose{PurposeDefault, PurposeRateLimit, PurposeLock, PurposePublish, PurposeRefund, PurposeIdempotency} {
 			c.circuits[p] = newCircuit(time.Duration(a.CircuitOpen), logger.Named("circuit"), where, p)
 		}
 		c.bus = newBus(c, a.KeyPrefix+"events", logger.Named("bus"))
@@ -360,6 +360,8 @@ const (
 	PurposeLock      Purpose = "lock"       // taking a shared lock
 	PurposePublish   Purpose = "publish"    // Publish
 	PurposeRefund    Purpose = "refund"     // giving a rate-limit token back
+	// PurposeIdempotency is taking an Idempotency-Key claim.
+	PurposeIdempotency Purpose = "idempotency"
 	// PurposeBackground is work that must reach Redis eventually and
 	// retries on its own (releasing and extending locks): no circuit.
 	PurposeBackground Purpose = "background"
