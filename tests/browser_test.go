@@ -1,13 +1,11 @@
 package tests
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,14 +62,6 @@ async function blocked() {
 // page on another origin is blocked. The browser trusts the gateway's CA
 // through an NSS database in a temporary HOME.
 func TestBrowser(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium is not installed; .ci/run installs it (apt-get install chromium libnss3-tools)")
-	}
-	certutil, err := exec.LookPath("certutil")
-	if err != nil {
-		t.Fatal("certutil is not installed; .ci/run installs it (apt-get install libnss3-tools)")
-	}
 	app, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -89,37 +79,7 @@ func TestBrowser(t *testing.T) {
 		"RESTGATE_CORS_ORIGINS": appOrigin, "RESTGATE_RATE_PER_USER": "20/1m",
 	}})
 	// a browser profile that trusts the gateway's CA, and nothing else new
-	home := t.TempDir()
-	nssdb := filepath.Join(home, ".pki", "nssdb")
-	if err := os.MkdirAll(nssdb, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{
-		{"-d", "sql:" + nssdb, "-N", "--empty-password"},
-		{"-d", "sql:" + nssdb, "-A", "-t", "C,,", "-n", "restgate-test-ca", "-i", g.RootCA()},
-	} {
-		if out, err := exec.Command(certutil, args...).CombinedOutput(); err != nil {
-			t.Fatalf("certutil %v: %v\n%s", args, err, out)
-		}
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.UserDataDir(filepath.Join(home, "profile")),
-		chromedp.Env("HOME="+home),
-		chromedp.NoSandbox,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1280, 900),
-	)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	browser, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(browser); err != nil { // starts the browser (with no deadline: that would stop it)
-		t.Fatalf("starting chromium: %v", err)
-	}
-	ctx, cancelTimeout := context.WithTimeout(browser, 90*time.Second)
-	defer cancelTimeout()
+	ctx := chromiumFor(t, g)
 
 	api := fmt.Sprintf("https://api.localhost:%d", g.HTTPS)
 	results := func(page string) map[string]any {

@@ -361,8 +361,10 @@ func docsPage(t *testing.T, g *Gateway) {
 	t.Logf("/docs: %v; screenshot %s", counts, filepath.Join(dir, "docs-merge.png"))
 }
 
-// chromiumFor starts headless Chromium trusting g's CA, stopped when the
-// test ends, and returns a context with a deadline to drive it with.
+// chromiumFor starts headless Chromium (Debian's chromium) with a profile
+// that trusts g's CA (an NSS database in a temporary HOME, verification
+// on) and nothing else new, stops it when the test ends, and returns a
+// context with a deadline to drive it with. TestBrowser uses it too.
 func chromiumFor(t *testing.T, g *Gateway) context.Context {
 	t.Helper()
 	chromium, err := exec.LookPath("chromium")
