@@ -176,7 +176,9 @@ func (h *Handler) maybeStore(r *http.Request, who principal, status int, hdr htt
 	}
 	var vary []string
 	for _, line := range hdr["Vary"] {
-		for _, name := range strings.Split(line, ",") {
+		for rest := line; rest != ""; {
+			var name string
+			name, rest, _ = strings.Cut(rest, ",")
 			name = textproto.TrimString(name)
 			if name == "*" {
 				return false

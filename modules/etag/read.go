@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/restgate/restgate/internal/fieldvalue"
 	"github.com/restgate/restgate/internal/hold"
 	"github.com/restgate/restgate/internal/httpcond"
 	"github.com/restgate/restgate/internal/metrics"
@@ -141,8 +142,9 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 	etag := hdr.Get("Etag")
 	generated := etag == ""
 	if generated {
-		etag = strongETag(body)
-		hdr["Etag"] = []string{etag}
+		// the field's value and its string in one allocation
+		v := etagField(xxhash.Sum64(body))
+		etag, hdr["Etag"] = v[0], v
 	}
 	lastMod := parseHTTPTime(hdr["Last-Modified"])
 	if h.store != nil {
@@ -255,6 +257,18 @@ func (h *Handler) serveEntry(w http.ResponseWriter, r *http.Request, e *entry, w
 func strongETag(body []byte) string { return formatETag(xxhash.Sum64(body)) }
 
 func formatETag(sum uint64) string {
+	b := appendETag(sum)
+	return string(b[:])
+}
+
+// etagField is formatETag's value as a header field's value, in one
+// allocation (internal/fieldvalue).
+func etagField(sum uint64) []string {
+	b := appendETag(sum)
+	return fieldvalue.Of(b[:])
+}
+
+func appendETag(sum uint64) [18]byte {
 	var b [18]byte
 	b[0], b[17] = '"', '"'
 	const hex = "0123456789abcdef"
@@ -262,7 +276,7 @@ func formatETag(sum uint64) string {
 		b[i] = hex[sum&15]
 		sum >>= 4
 	}
-	return string(b[:])
+	return b
 }
 
 // writeNotModified sends a 304 with the headers RFC 9110 §15.4.5 asks for
