@@ -251,13 +251,7 @@ func run(o options) error {
 		return err
 	}
 	// bare Caddy: the same binary, no restgate directive
-	caddyfile := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	skip_install_trust
-	storage file_system %s/caddy-bare
-	auto_https disable_redirects
-}
+	caddyfile := fmt.Sprintf(globalOptions("caddy-bare", "")+`
 http://127.0.0.1:%d {
 	reverse_proxy 127.0.0.1:%d {
 		%s
@@ -335,20 +329,14 @@ http://127.0.0.1:%d {
 	}`, database))
 	}
 	const redisStore = "store redis\n\t\ton_error deny"
-	rgfile := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	skip_install_trust
-	storage file_system %s/caddy-rg
-	auto_https disable_redirects
+	rgfile := fmt.Sprintf(globalOptions("caddy-rg", `
 	servers {
 		trusted_proxies static 127.0.0.1/32
 		client_ip_headers X-Forwarded-For
 	}
 	redis {
 		address %s
-	}
-}
+	}`)+`
 http://127.0.0.1:%d {
 %s}
 http://127.0.0.1:%d {
@@ -376,13 +364,7 @@ http://127.0.0.1:%d {
 	// (no Redis app: `store auto` and `redis auto` are local, as shipped
 	// without RESTGATE_REDIS); one site, so one access logger, as bare
 	// Caddy's logged site
-	defaultFile := fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	skip_install_trust
-	storage file_system %s/caddy-default
-	auto_https disable_redirects
-}
+	defaultFile := fmt.Sprintf(globalOptions("caddy-default", "")+`
 http://127.0.0.1:%d {
 %s
 	reverse_proxy 127.0.0.1:%d {
@@ -1196,4 +1178,17 @@ func mallocs(admin string) (uint64, error) {
 		return 0, err
 	}
 	return v.Memstats.Mallocs, nil
+}
+
+// globalOptions is a bench server's global options block, with its admin
+// address and storage directory as the first two verbs (%d, %s), then
+// extra's.
+func globalOptions(storage, extra string) string {
+	return `{
+	admin 127.0.0.1:%d
+	persist_config off
+	skip_install_trust
+	storage file_system %s/` + storage + `
+	auto_https disable_redirects` + extra + `
+}`
 }

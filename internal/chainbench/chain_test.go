@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,6 +139,11 @@ const handlerTerminal = "handle /cached {\nheader Cache-Control max-age=3600\nhe
 
 const keyCount = 10_000
 
+// caddyfilePath is the Caddyfile whose API chain the default sites run: the
+// repository's, unless a developer measures an edit of it
+// (go test -bench . ./internal/chainbench -args -caddyfile /tmp/Caddyfile).
+var caddyfilePath = flag.String("caddyfile", filepath.Join("..", "..", "Caddyfile"), "the default Caddyfile")
+
 var (
 	loadOnce sync.Once
 	server   *caddyhttp.Server
@@ -203,7 +209,7 @@ func start() (*caddyhttp.Server, error) {
 	}
 	var cf strings.Builder
 	fmt.Fprintf(&cf, "{\n\tadmin off\n\tpersist_config off\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tlog {\n\t\toutput discard\n\t}\n}\n", filepath.Join(dir, "caddy"))
-	shipped, err := ReadShipped(filepath.Join("..", "..", "Caddyfile"), shippedEnv(dir), filepath.Join(dir, "access.log"))
+	shipped, err := ReadShipped(*caddyfilePath, shippedEnv(dir), filepath.Join(dir, "access.log"))
 	if err != nil {
 		return nil, err
 	}
