@@ -87,6 +87,9 @@ func (f *feed) close() { f.cancel(); <-f.ended }
 // next is the next event, within a generous deadline.
 func (f *feed) next(t testing.TB) feedEvent {
 	t.Helper()
+	if f == nil {
+		t.Fatal("no stream was opened")
+	}
 	select {
 	case e := <-f.events:
 		return e
@@ -100,6 +103,9 @@ func (f *feed) next(t testing.TB) feedEvent {
 // watcher is following from here.
 func (f *feed) started(t testing.TB) {
 	t.Helper()
+	if f == nil {
+		t.Fatal("no stream was opened")
+	}
 	select {
 	case <-f.retry:
 	case <-time.After(30 * time.Second):
