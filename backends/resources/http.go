@@ -243,7 +243,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, t target, who c
 			return problem.Error(http.StatusConflict, "already_exists", fmt.Sprintf("%s %q already exists", singular(c), key))
 		}
 		if httpcond.Evaluate(r, true, etagOf(cur), lastModified(cur)) == httpcond.Failed {
-			return preconditionFailed()
+			return stale(cur)
 		}
 		d = &Doc{Collection: c.Name, Parent: t.parentKey, Key: key, Body: body, Owner: cur.Owner,
 			Version: cur.Version + 1, Created: cur.Created, Modified: now}
@@ -280,7 +280,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, t target, who ca
 			return notFoundOr(err, c, t.key)
 		}
 		if httpcond.Evaluate(r, true, etagOf(cur), lastModified(cur)) == httpcond.Failed {
-			return preconditionFailed()
+			return stale(cur)
 		}
 		doc := in
 		if patch {
@@ -321,7 +321,7 @@ func (h *Handler) remove(w http.ResponseWriter, r *http.Request, t target, who c
 			return notFoundOr(err, c, t.key)
 		}
 		if httpcond.Evaluate(r, true, etagOf(cur), lastModified(cur)) == httpcond.Failed {
-			return preconditionFailed()
+			return stale(cur)
 		}
 		for _, child := range c.children {
 			if child.Cascade {
@@ -389,9 +389,18 @@ func invalid(errs []problem.FieldError) *problem.Problem {
 }
 
 func preconditionFailed() *problem.Problem {
-	p := problem.New(http.StatusPreconditionFailed, "the document has changed since you read it; GET it again and retry with its new ETag")
+	p := problem.New(http.StatusPreconditionFailed, "the document has changed since you read it; retry with the ETag this answer carries (the document's current one)")
 	return p
 }
+
+// staleWrite is a write whose precondition failed against cur, inside the
+// write's transaction: its 412 carries cur's ETag and Last-Modified, so a
+// client can read what it conflicts with and retry without guessing.
+type staleWrite struct{ cur *Doc }
+
+func (e *staleWrite) Error() string { return "precondition failed" }
+
+func stale(cur *Doc) error { return &staleWrite{cur} }
 
 // mergePatch applies an RFC 7396 JSON merge patch.
 func mergePatch(target, patch any) any {
@@ -480,8 +489,12 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, body []byte) 
 // storeFail answers an error from the store or a transaction.
 func (h *Handler) storeFail(w http.ResponseWriter, r *http.Request, err error, c *Collection, key string) error {
 	var p *problem.Problem
+	var sw *staleWrite
 	switch {
 	case errors.As(err, &p):
+	case errors.As(err, &sw):
+		setValidators(w, sw.cur)
+		p = preconditionFailed()
 	case errors.Is(err, ErrNotFound):
 		p = notFound(c, key)
 	case errors.Is(err, ErrBusy):

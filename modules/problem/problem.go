@@ -152,6 +152,11 @@ func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) {
 	h := w.Header()
 	for _, k := range entityHeaders {
+		if status == http.StatusPreconditionFailed && (k == "Etag" || k == "Last-Modified") {
+			// a 412 keeps the validators of the resource's current state:
+			// what a client needs to retry (api_etag and resources set them)
+			continue
+		}
 		delete(h, k)
 	}
 	h.Set("Content-Type", mediaType)
