@@ -34,7 +34,7 @@ func recorded(t testing.TB, fn func(ctx context.Context)) sdktrace.ReadOnlySpan 
 func attrs(kvs []attribute.KeyValue) map[string]string {
 	m := make(map[string]string, len(kvs))
 	for _, kv := range kvs {
-		m[string(kv.Key)] = kv.Value.Emit()
+		m[string(kv.Key)] = kv.Value.String()
 	}
 	return m
 }
