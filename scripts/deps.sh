@@ -15,6 +15,7 @@ declare -A pkg=(
 	[systemd-analyze]=systemd   # deploy/'s units are verified
 	[python3]=python3           # the README's Python client
 	[node]=nodejs               # the README's Node client
+	[npm]=npm                   # Spectral (pinned in tools/spectral) lints the merged OpenAPI document
 	[redis-server]=redis-server # the Redis, Sentinel and Cluster tests start their own
 	[redis-cli]=redis-tools     # …and create the Cluster with it
 )
