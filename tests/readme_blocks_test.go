@@ -96,6 +96,10 @@ func adaptFragment(t *testing.T, dir, text string) error {
 	}
 	var tries []string
 	switch {
+	case strings.HasPrefix(first, "("):
+		// a snippet: defined, then imported by a site
+		name := strings.Trim(strings.Fields(first)[0], "()")
+		tries = []string{text + "\nhttps://api.example.com {\n\timport " + name + "\n\trespond ok\n}\n"}
 	case first == "{" || regexp.MustCompile(`^(https?://|:\d|[a-z0-9.-]+\.[a-z]+[:\s{])`).MatchString(first):
 		tries = []string{text}
 	default:
@@ -164,6 +168,7 @@ var readmeShellNotRun = map[string]string{
 	"make test    #":                       "the first screen's make targets: `make test` is this run",
 	"RESTGATE_REDIS=10.0.0.5:6379":         "a recipe for other machines (tests/scaleout_test.go runs the switch)",
 	"xcaddy build --with":                  "`make xcaddy-check` builds it (in .ci/run)",
+	"-args -caddyfile /path/to/Caddyfile":  "a Go benchmark of the reader's own Caddyfile, run from the repository (make bench runs it on the default one)",
 	"sed -f deploy/gateways.sed Caddyfile": "the deploy/ recipe needs root and systemd (TestDeployGateways runs it as written)",
 	"KEY=$(cat data/dev.key)":              "TestReadmeQuickStart runs it",
 }
