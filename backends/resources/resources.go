@@ -219,7 +219,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub = ps.hub
 	h.hub.configure(time.Duration(h.FeedRetention), h.FeedMaxChanges)
-	h.store = loggedStore{ps.indexedStore, ps.hub}
+	h.store = loggedStore(ps)
 	for _, c := range h.Collections {
 		if err := ps.ensureIndexes(c); err != nil {
 			return err
