@@ -165,12 +165,13 @@ func runBinary(dir, stdin string, args ...string) (string, error) {
 // readmeShellNotRun names the README's sh blocks that cannot run here, by
 // a line they contain, with the reason; every other sh block runs.
 var readmeShellNotRun = map[string]string{
-	"make test    #":                       "the first screen's make targets: `make test` is this run",
-	"RESTGATE_REDIS=10.0.0.5:6379":         "a recipe for other machines (tests/scaleout_test.go runs the switch)",
-	"xcaddy build --with":                  "`make xcaddy-check` builds it (in .ci/run)",
-	"-args -caddyfile /path/to/Caddyfile":  "a Go benchmark of the reader's own Caddyfile, run from the repository (make bench runs it on the default one)",
-	"sed -f deploy/gateways.sed Caddyfile": "the deploy/ recipe needs root and systemd (TestDeployGateways runs it as written)",
-	"KEY=$(cat data/dev.key)":              "TestReadmeQuickStart runs it",
+	"make test    #":                                    "the first screen's make targets: `make test` is this run",
+	"RESTGATE_REDIS=10.0.0.5:6379":                      "a recipe for other machines (tests/scaleout_test.go runs the switch)",
+	"xcaddy build --with":                               "`make xcaddy-check` builds it (in .ci/run)",
+	"-args -caddyfile /path/to/Caddyfile":               "a Go benchmark of the reader's own Caddyfile, run from the repository (make bench runs it on the default one)",
+	"OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318": "starts a gateway in the foreground for a collector (TestTraces runs the same recipe with its own OTLP receiver)",
+	"sed -f deploy/gateways.sed Caddyfile":              "the deploy/ recipe needs root and systemd (TestDeployGateways runs it as written)",
+	"KEY=$(cat data/dev.key)":                           "TestReadmeQuickStart runs it",
 }
 
 // TestReadmeShellBlocks runs every other ```sh block of the README as
