@@ -179,13 +179,14 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	ports, err := freePorts(17)
+	ports, err := freePorts(19)
 	if err != nil {
 		return err
 	}
 	pBackend, pCaddy, pCaddyTLS, pMiss, pHit, pMissTLS, pNginxMiss, pNginxHit, pAdminCaddy, pAdminRG, pRespond, pMissRedis, pResSQLite, pResPG :=
 		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9], ports[10], ports[11], ports[12], ports[13]
 	pDefault, pAdminDefault, pCaddyLog := ports[14], ports[15], ports[16]
+	pMissCluster, pAdminCluster := ports[17], ports[18]
 	// the default Caddyfile's chain as shipped: limits that never refuse,
 	// the keys below, the access log to a file
 	shipped, err := chainbench.ReadShipped(o.caddyfile, map[string]string{
@@ -207,6 +208,12 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	// the Redis Cluster (3 primaries) of the Cluster row
+	cluster, err := testredis.StartCluster()
+	if err != nil {
+		return fmt.Errorf("redis cluster: %w", err)
+	}
+	defer cluster.Stop()
 	// the PostgreSQL the resources row on PostgreSQL uses
 	pg, err := testpg.Start()
 	if err != nil {
@@ -360,6 +367,26 @@ http://127.0.0.1:%d {
 	if err != nil {
 		return err
 	}
+	// the Redis store row again on a Redis Cluster: one redis app a
+	// process, so a process of its own
+	clusterFile := fmt.Sprintf(globalOptions("caddy-cluster", `
+	servers {
+		trusted_proxies static 127.0.0.1/32
+		client_ip_headers X-Forwarded-For
+	}
+	redis {
+		cluster %s
+	}`)+`
+http://127.0.0.1:%d {
+%s}
+`, pAdminCluster, dir, strings.Join(cluster.Addrs(), " "), pMissCluster, chain("api_etag {\n\t\tredis\n\t}", redisStore))
+	if err := os.WriteFile(filepath.Join(dir, "Caddyfile.cluster"), []byte(clusterFile), 0o600); err != nil {
+		return err
+	}
+	rgCluster, err := start(bin, "run", "--config", filepath.Join(dir, "Caddyfile.cluster"), "--adapter", "caddyfile")
+	if err != nil {
+		return err
+	}
 	// restgate with the default Caddyfile's chain, in a process of its own
 	// (no Redis app: `store auto` and `redis auto` are local, as shipped
 	// without RESTGATE_REDIS); one site, so one access logger, as bare
@@ -410,6 +437,7 @@ http://127.0.0.1:%d {
 		{"caddy respond (ceiling inside Caddy)", fmt.Sprintf("http://127.0.0.1:%d/doc", pRespond), "", "the same 1 KiB body from `respond`: no proxy", 0, 0},
 		{"restgate, cache miss, Redis store", fmt.Sprintf("http://127.0.0.1:%d/doc", pMissRedis), "X-API-Key: " + key, "both limits `store redis` (one script call each), `api_etag { redis }`", 0, 0},
 		{"restgate, cache miss, Redis store, 1 connection", fmt.Sprintf("http://127.0.0.1:%d/doc", pMissRedis), "X-API-Key: " + key, "light load", 1, 0},
+		{rowCluster, fmt.Sprintf("http://127.0.0.1:%d/doc", pMissCluster), "X-API-Key: " + key, "the Redis store row on a 3-primary Redis Cluster (`redis { cluster … }`): both limits `store redis`, `api_etag { redis }`", 0, 0},
 		{"restgate → resources on SQLite", fmt.Sprintf("http://127.0.0.1:%d/v1/events/GW150914", pResSQLite), "X-API-Key: " + key, "the full chain in front of the in-process resources, GET of one document", 0, 0},
 		{"restgate → resources on PostgreSQL", fmt.Sprintf("http://127.0.0.1:%d/v1/events/GW150914", pResPG), "X-API-Key: " + key, "the same on PostgreSQL (loopback)", 0, 0},
 	}
@@ -417,6 +445,9 @@ http://127.0.0.1:%d {
 	admins := map[int]string{}
 	for i, c := range configs {
 		switch {
+		case c.name == rowCluster:
+			configs[i].server = rgCluster.Process.Pid
+			admins[rgCluster.Process.Pid] = fmt.Sprintf("127.0.0.1:%d", pAdminCluster)
 		case strings.HasPrefix(c.name, "restgate, default chain"):
 			configs[i].server = rgDefault.Process.Pid
 			admins[rgDefault.Process.Pid] = fmt.Sprintf("127.0.0.1:%d", pAdminDefault)
@@ -1020,6 +1051,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 		"restgate, cache miss, 1 connection":              "caddy reverse_proxy, 1 connection",
 		"restgate, cache miss, Redis store":               "restgate, cache miss",
 		"restgate, cache miss, Redis store, 1 connection": "restgate, cache miss, 1 connection",
+		rowCluster:                                        "restgate, cache miss, Redis store",
 	}
 	total := func(s []sample) float64 { return median(cpuOf(s, false)) + median(cpuOf(s, true)) }
 	for i, c := range configs {
@@ -1081,6 +1113,7 @@ func render(o options, configs []config, samples [][]sample, attacks []attack, m
 	fmt.Fprintf(&b, "| cache hit / caddy proxy | %.2f | |\n", rps("restgate, cache hit")/base)
 	fmt.Fprintf(&b, "| resources on PostgreSQL / on SQLite, full chain, GET | %.2f | |\n", rps("restgate → resources on PostgreSQL")/rps("restgate → resources on SQLite"))
 	fmt.Fprintf(&b, "| Redis store: added p50 at 1 connection ≈ one Redis round trip (PING p50 %v) | %v | |\n", redisRTT.Round(time.Microsecond), addedP50Redis.Round(time.Microsecond))
+	fmt.Fprintf(&b, "| Redis Cluster store (3 primaries) / one Redis server, req/s | %.2f | |\n", rps(rowCluster)/rps("restgate, cache miss, Redis store"))
 	const perKey = 256 // bytes a remembered key may cost, from the Go benchmark of 1M keys
 	bound := int64(100_000*perKey) + 64<<20
 	for _, a := range attacks {
@@ -1157,6 +1190,8 @@ const (
 	rowDefaultMiss  = "restgate, default chain, cache miss"
 	rowCaddyLogHit  = "caddy respond, access log + HSTS"
 	rowDefaultHit   = "restgate, default chain, cache hit"
+	// the Redis store row on a 3-primary Redis Cluster
+	rowCluster = "restgate, cache miss, Redis Cluster store"
 )
 
 // mallocs reads the cumulative count of heap allocations of the Caddy
