@@ -179,7 +179,7 @@ func run(o options) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	ports, err := freePorts(19)
+	ports, err := freePorts(25)
 	if err != nil {
 		return err
 	}
@@ -187,6 +187,7 @@ func run(o options) error {
 		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6], ports[7], ports[8], ports[9], ports[10], ports[11], ports[12], ports[13]
 	pDefault, pAdminDefault, pCaddyLog := ports[14], ports[15], ports[16]
 	pMissCluster, pAdminCluster := ports[17], ports[18]
+	pFeedA, pAdminFeedA, pFeedB, pAdminFeedB, pFeedOne, pAdminFeedOne := ports[19], ports[20], ports[21], ports[22], ports[23], ports[24]
 	// the default Caddyfile's chain as shipped: limits that never refuse,
 	// the keys below, the access log to a file
 	shipped, err := chainbench.ReadShipped(o.caddyfile, map[string]string{
@@ -511,6 +512,61 @@ http://127.0.0.1:%d {
 		return err
 	}
 
+	// change feeds: latency on one gateway (SQLite) and across two on one
+	// PostgreSQL database, each its own process speaking HTTP/2 (h2c, so
+	// that idle streams share connections), and the RSS of idle streams on
+	// the SQLite one
+	feedsDB, err := pg.NewDatabase("feeds")
+	if err != nil {
+		return err
+	}
+	var feedGW [3]*exec.Cmd
+	for i, p := range [][3]any{{pAdminFeedA, pFeedA, feedsDB}, {pAdminFeedB, pFeedB, feedsDB}, {pAdminFeedOne, pFeedOne, filepath.Join(dir, "feeds.db")}} {
+		file := fmt.Sprintf(globalOptions(fmt.Sprintf("caddy-feed%d", i), `
+	servers {
+		protocols h1 h2c
+	}`)+`
+http://127.0.0.1:%d {
+%s}
+`, p[0], dir, p[1], chainTo("api_etag", "", fmt.Sprintf(`resources {
+		database %s
+		feed_max_streams 100000
+		collection events {
+			key name
+			field name string
+			field meta object
+		}
+	}`, p[2])))
+		path := filepath.Join(dir, fmt.Sprintf("Caddyfile.feed%d", i))
+		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+			return err
+		}
+		if feedGW[i], err = start(bin, "run", "--config", path, "--adapter", "caddyfile"); err != nil {
+			return err
+		}
+		defer stop(feedGW[i])
+	}
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	feedClient := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
+	feedWrites, feedIdle := 300, 10_000
+	if o.smoke || o.quick {
+		feedWrites, feedIdle = 20, 200
+	}
+	target := func(port int, c *http.Client) feedTarget {
+		return feedTarget{URL: fmt.Sprintf("http://127.0.0.1:%d/v1/events", port), Client: c, Key: key}
+	}
+	for _, p := range []int{pFeedA, pFeedB, pFeedOne} {
+		if err := seedEvent(fmt.Sprintf("http://127.0.0.1:%d/v1/events", p), key); err != nil {
+			return err
+		}
+	}
+	feeds, err := feedsSection(target(pFeedOne, feedClient), [2]feedTarget{target(pFeedA, feedClient), target(pFeedB, feedClient)},
+		feedGW[2].Process.Pid, feedWrites, feedIdle)
+	if err != nil {
+		return fmt.Errorf("change feeds: %w", err)
+	}
+
 	var micro, perHandler, handlers string
 	if o.micro {
 		var raw []byte
@@ -519,7 +575,7 @@ http://127.0.0.1:%d {
 		}
 		perHandler, handlers = chainTable(raw), handlerTable(raw)
 	}
-	report := render(o, configs, samples, attacks, micro, perHandler, handlers, chainNote, keyCount, rtt)
+	report := render(o, configs, samples, attacks, micro, perHandler, handlers, chainNote, keyCount, rtt) + "\n" + feeds
 	if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
 		return err
 	}
