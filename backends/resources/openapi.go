@@ -40,28 +40,7 @@ const openAPICacheControl = "no-cache"
 func (h *Handler) openAPI() ([]byte, error) {
 	type obj = map[string]any
 	schemas := obj{
-		"Problem": obj{
-			"type": "object",
-			"properties": obj{
-				"type":       obj{"type": "string", "format": "uri-reference"},
-				"title":      obj{"type": "string"},
-				"status":     obj{"type": "integer"},
-				"detail":     obj{"type": "string"},
-				"instance":   obj{"type": "string"},
-				"code":       obj{"type": "string"},
-				"request_id": obj{"type": "string"},
-				"errors": obj{"type": "array", "items": obj{
-					"type": "object",
-					"properties": obj{
-						"pointer":   obj{"type": "string"},
-						"parameter": obj{"type": "string"},
-						"detail":    obj{"type": "string"},
-					},
-					"required": []string{"detail"},
-				}},
-			},
-			"required": []string{"type", "title", "status", "code"},
-		},
+		"Problem": problem.Schema(),
 		"Pagination": obj{
 			"type": "object",
 			"properties": obj{

@@ -81,29 +81,7 @@ func gatewayComponents(apiKeyHeader string) map[string]obj {
 		}
 	}
 	return map[string]obj{
-		"schemas": {schemaProblem: obj{
-			"type":        "object",
-			"description": "An RFC 9457 problem: every error the gateway sends, and every error a backend sends after the gateway has put it in this shape.",
-			"properties": obj{
-				"type":       obj{"type": "string", "format": "uri-reference"},
-				"title":      obj{"type": "string"},
-				"status":     obj{"type": "integer"},
-				"detail":     obj{"type": "string"},
-				"instance":   obj{"type": "string"},
-				"code":       obj{"type": "string"},
-				"request_id": obj{"type": "string"},
-				"errors": obj{"type": "array", "items": obj{
-					"type": "object",
-					"properties": obj{
-						"pointer":   obj{"type": "string"},
-						"parameter": obj{"type": "string"},
-						"detail":    obj{"type": "string"},
-					},
-					"required": []any{"detail"},
-				}},
-			},
-			"required": []any{"type", "title", "status", "code"},
-		}},
+		"schemas":   {schemaProblem: problem.Schema()},
 		"responses": responses,
 		"headers": {
 			"ETag":             header("The representation's entity tag, for If-Match and If-None-Match", str),
