@@ -407,6 +407,42 @@ http://127.0.0.1:%d {
 	if err != nil {
 		return err
 	}
+	// change feeds, measured after the rounds: latency on one gateway
+	// (SQLite) and across two on one PostgreSQL database, each its own
+	// process speaking HTTP/2 (h2c, so that idle streams share connections),
+	// and the RSS of idle streams on the SQLite one. Started now, with the
+	// others: a port picked free and left unused through the rounds can be
+	// taken by one of their outgoing connections.
+	feedsDB, err := pg.NewDatabase("feeds")
+	if err != nil {
+		return err
+	}
+	var feedGW [3]*exec.Cmd
+	for i, p := range [][3]any{{pAdminFeedA, pFeedA, feedsDB}, {pAdminFeedB, pFeedB, feedsDB}, {pAdminFeedOne, pFeedOne, filepath.Join(dir, "feeds.db")}} {
+		file := fmt.Sprintf(globalOptions(fmt.Sprintf("caddy-feed%d", i), `
+	servers {
+		protocols h1 h2c
+	}`)+`
+http://127.0.0.1:%d {
+%s}
+`, p[0], dir, p[1], chainTo("api_etag", "", fmt.Sprintf(`resources {
+		database %s
+		feed_max_streams 100000
+		collection events {
+			key name
+			field name string
+			field meta object
+		}
+	}`, p[2])))
+		path := filepath.Join(dir, fmt.Sprintf("Caddyfile.feed%d", i))
+		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+			return err
+		}
+		if feedGW[i], err = start(bin, "run", "--config", path, "--adapter", "caddyfile"); err != nil {
+			return err
+		}
+		defer stop(feedGW[i])
+	}
 	// nginx: the closest equivalent
 	nginxConf, err := writeNginx(dir, keyCount, pBackend, pNginxMiss, pNginxHit)
 	if err != nil {
@@ -512,40 +548,6 @@ http://127.0.0.1:%d {
 		return err
 	}
 
-	// change feeds: latency on one gateway (SQLite) and across two on one
-	// PostgreSQL database, each its own process speaking HTTP/2 (h2c, so
-	// that idle streams share connections), and the RSS of idle streams on
-	// the SQLite one
-	feedsDB, err := pg.NewDatabase("feeds")
-	if err != nil {
-		return err
-	}
-	var feedGW [3]*exec.Cmd
-	for i, p := range [][3]any{{pAdminFeedA, pFeedA, feedsDB}, {pAdminFeedB, pFeedB, feedsDB}, {pAdminFeedOne, pFeedOne, filepath.Join(dir, "feeds.db")}} {
-		file := fmt.Sprintf(globalOptions(fmt.Sprintf("caddy-feed%d", i), `
-	servers {
-		protocols h1 h2c
-	}`)+`
-http://127.0.0.1:%d {
-%s}
-`, p[0], dir, p[1], chainTo("api_etag", "", fmt.Sprintf(`resources {
-		database %s
-		feed_max_streams 100000
-		collection events {
-			key name
-			field name string
-			field meta object
-		}
-	}`, p[2])))
-		path := filepath.Join(dir, fmt.Sprintf("Caddyfile.feed%d", i))
-		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
-			return err
-		}
-		if feedGW[i], err = start(bin, "run", "--config", path, "--adapter", "caddyfile"); err != nil {
-			return err
-		}
-		defer stop(feedGW[i])
-	}
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	feedClient := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
