@@ -1,13 +1,9 @@
 package tests
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -51,14 +47,6 @@ window.__feed = [];
 // TestFeedsBrowser: a page on an allowed origin follows a collection live
 // in headless Chromium, through CORS, with fetch() streaming.
 func TestFeedsBrowser(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium is not installed; .ci/run installs it (apt-get install chromium libnss3-tools)")
-	}
-	certutil, err := exec.LookPath("certutil")
-	if err != nil {
-		t.Fatal("certutil is not installed; .ci/run installs it (apt-get install libnss3-tools)")
-	}
 	app, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,31 +60,7 @@ func TestFeedsBrowser(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	g := StartGateway(t, repoFile(t, "Caddyfile"), Options{Env: map[string]string{"RESTGATE_CORS_ORIGINS": appOrigin}})
 
-	home := t.TempDir()
-	nssdb := filepath.Join(home, ".pki", "nssdb")
-	if err := os.MkdirAll(nssdb, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{
-		{"-d", "sql:" + nssdb, "-N", "--empty-password"},
-		{"-d", "sql:" + nssdb, "-A", "-t", "C,,", "-n", "restgate-test-ca", "-i", g.RootCA()},
-	} {
-		if out, err := exec.Command(certutil, args...).CombinedOutput(); err != nil {
-			t.Fatalf("certutil %v: %v\n%s", args, err, out)
-		}
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(filepath.Join(home, "profile")), chromedp.Env("HOME="+home),
-		chromedp.NoSandbox, chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	browser, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(browser); err != nil {
-		t.Fatalf("starting chromium: %v", err)
-	}
-	ctx, cancelTimeout := context.WithTimeout(browser, 90*time.Second)
-	defer cancelTimeout()
+	ctx := chromiumFor(t, g)
 
 	api := fmt.Sprintf("https://api.localhost:%d", g.HTTPS)
 	key := strings.TrimPrefix(bearer("tester")[1], "Bearer ")
