@@ -43,6 +43,7 @@ type Writer struct {
 	wroteHeader bool
 	holding     bool
 	overflowed  bool
+	ownProblem  bool
 	buf         bytes.Buffer
 }
 
@@ -66,6 +67,14 @@ func Put(hw *Writer) {
 	*hw = Writer{buf: buf}
 	pool.Put(hw)
 }
+
+// MarkOwnProblem records that the response is a problem document written
+// in this process (problem.Write, by a handler of the chain such as
+// resources), not a backend's body: api_errors may pass it on as it is.
+func (hw *Writer) MarkOwnProblem() { hw.ownProblem = true }
+
+// OwnProblem reports whether MarkOwnProblem was called.
+func (hw *Writer) OwnProblem() bool { return hw.ownProblem }
 
 // WriteHeader decides whether to hold the response. Informational statuses
 // pass through and are not final.

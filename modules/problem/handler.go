@@ -186,6 +186,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// nothing answered: Caddy's "no route matched" is an empty 200,
 		// which an API must never send
 		h.write(w, r, New(http.StatusNotFound, "no route serves this path"), metrics.Gateway)
+	case hw.Held() && hw.OwnProblem():
+		// a problem an in-process handler (resources) wrote with Write:
+		// its code and detail are the gateway's own, kept even on a 5xx
+		p, ok := parseProblem(hw.Body(), hw.Status())
+		if !ok || hw.Overflowed() {
+			p = fromBackend(r, hw.Status(), w.Header(), hw.Body(), hw.Overflowed())
+		}
+		h.write(w, r, p, metrics.Gateway)
 	case hw.Held():
 		p := fromBackend(r, hw.Status(), w.Header(), hw.Body(), hw.Overflowed())
 		if p.Status >= 500 {

@@ -150,6 +150,7 @@ func Write(w http.ResponseWriter, r *http.Request, p *Problem) {
 // writeBody sends a problem document as the response, keeping the headers
 // already set on w except those that describe another body.
 func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) {
+	markOwn(w)
 	h := w.Header()
 	for _, k := range entityHeaders {
 		if status == http.StatusPreconditionFailed && (k == "Etag" || k == "Last-Modified") {
@@ -168,6 +169,23 @@ func writeBody(w http.ResponseWriter, r *http.Request, status int, body []byte) 
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
+	}
+}
+
+// markOwn tells every holding writer between this handler and the client
+// (api_errors' among them) that the response is a problem written here,
+// in process: api_errors keeps its code and detail, which it never does
+// for a backend's 5xx body. A backend behind reverse_proxy cannot reach it.
+func markOwn(w http.ResponseWriter) {
+	for w != nil {
+		if m, ok := w.(interface{ MarkOwnProblem() }); ok {
+			m.MarkOwnProblem()
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
 	}
 }
 
