@@ -24,18 +24,16 @@ func TestNewServiceIsProtected(t *testing.T) {
 	}
 }
 
-// withService is the default Caddyfile with a service added the way the
-// README shows: one handle block with a reverse_proxy, no other edit.
+// withService is the default Caddyfile with a service added as the
+// README's "Add your own service" shows it: its caddyfile block, as
+// pasted, with only the path and the backend's address changed.
 func withService(t *testing.T, path, upstream string) string {
 	t.Helper()
-	cfg := strings.Replace(repoFile(t, "Caddyfile"), "\t# The resource collections, served in-process", fmt.Sprintf(`	handle %s {
-		reverse_proxy %s {
-			import upstream
-		}
-	}
-
-	# The resource collections, served in-process`, path, upstream), 1)
-	if !strings.Contains(cfg, path) {
+	block := readmeBlock(t, "caddyfile", "handle /v1/widgets* {")
+	block = strings.NewReplacer("/v1/widgets*", path, "127.0.0.1:9100", upstream).Replace(block)
+	cfg := strings.Replace(repoFile(t, "Caddyfile"), "\t# The resource collections, served in-process",
+		indent(block)+"\n\t# The resource collections, served in-process", 1)
+	if !strings.Contains(cfg, "reverse_proxy "+upstream) {
 		t.Fatal("the default Caddyfile changed: no place for the service's block")
 	}
 	return cfg
