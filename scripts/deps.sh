@@ -32,13 +32,24 @@ fi
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 install="apt-get install -y ${need[*]}"
 if command -v apt-get >/dev/null 2>&1; then
-	if [ "$(id -u)" -eq 0 ]; then
+	as=()
+	if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+		as=(sudo)
+	fi
+	if [ "$(id -u)" -eq 0 ] || [ ${#as[@]} -gt 0 ]; then
 		echo "make deps: installing ${need[*]}" >&2
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-		exit 0
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-		echo "make deps: installing ${need[*]}" >&2
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+		"${as[@]}" apt-get update -qq
+		"${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+		# an install that left a program missing fails here, not in a test
+		missing=()
+		for cmd in "${!pkg[@]}"; do
+			command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+		done
+		ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(pg_ctl)
+		if [ ${#missing[@]} -gt 0 ]; then
+			echo "make deps: still missing after apt-get install: ${missing[*]}" >&2
+			exit 1
+		fi
 		exit 0
 	fi
 	echo "make test needs ${need[*]}: install them with  sudo apt-get update && sudo $install  (then run make test again)" >&2
