@@ -112,6 +112,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if found := bypassRoutes(httpApp); len(found) > 0 {
 		return bypassError(found)
 	}
+	if err := checkOrder(httpApp); err != nil {
+		return err
+	}
 	if a.UpstreamTimeout < 0 {
 		return fmt.Errorf("upstream_timeout must not be negative")
 	}
@@ -120,6 +123,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if httpApp != nil {
 		setUpstreamTimeouts(httpApp, time.Duration(a.UpstreamTimeout), a.logger)
+		pairLimiters(httpApp, a.logger)
 	}
 
 	if a.DataDir != "" {
