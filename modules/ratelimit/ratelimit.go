@@ -94,6 +94,11 @@ type Handler struct {
 	redis   *redisapp.App
 	shared  *redisDecider // the redis store; nil for the local one
 
+	// Pair's partners (pair.go): a per-IP handler before api_auth leaves
+	// its asks to pairedUser; a per-principal one after it decides
+	// pairedIP's asks with its own.
+	pairedUser, pairedIP *Handler
+
 	// policyAfter is the RateLimit-Policy value last made from an earlier
 	// handler's and all of this one's zones: the same on every request of
 	// a chain, so made once and shared.
@@ -229,8 +234,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	now := h.now()
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	var asks [maxZones]ask
-	var decided [maxZones]Decision
-	var applied [maxZones]*Zone
 	m := 0
 	for _, z := range h.Zones {
 		if z.applies(r) {
@@ -238,21 +241,69 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			m++
 		}
 	}
-	if m == 0 {
+	if h.pairedUser != nil && m > 0 {
+		return h.deferTo(w, r, next, repl, asks[:m], now)
+	}
+	if h.pairedIP != nil {
+		if d := h.takeDeferred(r); d != nil {
+			return h.decidePair(w, r, next, repl, d, asks[:m], now)
+		}
+	}
+	return h.serve(w, r, next, repl, asks[:m], now)
+}
+
+// serve decides asks with this handler's store alone and answers.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, asks []ask, now time.Time) error {
+	if len(asks) == 0 {
 		return next.ServeHTTP(w, r)
 	}
+	var decided [maxZones]Decision
 	var n int
 	if h.shared != nil {
 		var err error
 		// the decision is this handler's own I/O: before api_auth the
 		// request's context is done (api_errors require_auth), the
 		// client's liveness is not
-		if n, err = h.shared.decide(identity.Live(r.Context()), asks[:m], now, decided[:]); err != nil {
-			return h.undecided(w, r, next, asks[:m], err)
+		if n, err = h.shared.decide(identity.Live(r.Context()), asks, now, decided[:]); err != nil {
+			if err := h.undecided(w, r, asks, err); err != nil {
+				return err
+			}
+			return next.ServeHTTP(w, r)
 		}
 	} else {
-		n = decideLocal(asks[:m], now, decided[:])
+		n = decideLocal(asks, now, decided[:])
 	}
+	return h.serveDecided(w, r, next, repl, asks[:n], decided[:n])
+}
+
+// serveDecided answers a decision of this handler's zones (settle) and
+// passes an admitted request on, keeping its reservations for a later
+// handler to refund (ShareRefunds) until next returns.
+func (h *Handler) serveDecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, repl *caddy.Replacer, asks []ask, decided []Decision) error {
+	if len(decided) == 0 {
+		return next.ServeHTTP(w, r)
+	}
+	admitted, err := h.settle(w, r, repl, asks, decided)
+	if err != nil {
+		return err
+	}
+	if admitted && h.ShareRefunds {
+		if rf := h.keepForRefund(r, decided); rf != nil {
+			defer releaseRefunds(r, rf)
+		}
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// settle writes the RateLimit fields of a decision of this handler's zones
+// (decided[i] is asks[i]'s, up to and including the first refused one) and
+// accounts for it: counters and trace events, and for a refusal the
+// refunds of earlier handlers, the log line and the event. It reports
+// whether the request was admitted; a refusal is the 429 error, or nil in
+// report_only (the request goes on).
+func (h *Handler) settle(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, asks []ask, decided []Decision) (bool, error) {
+	var applied [maxZones]*Zone
+	n := len(decided)
 	refused := -1
 	for i := range n {
 		applied[i] = asks[i].zone
@@ -260,19 +311,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			refused = i
 		}
 	}
-	h.setHeaders(w.Header(), applied[:n], decided[:n])
+	h.setHeaders(w.Header(), applied[:n], decided)
 
 	if refused < 0 {
 		for i := range n {
 			applied[i].counters.admitted.Inc()
 			trace.RateLimit(r.Context(), applied[i].Name, trace.Admitted, decided[i].Remaining)
 		}
-		if h.ShareRefunds {
-			if rf := h.keepForRefund(r, decided[:n]); rf != nil {
-				defer releaseRefunds(r, rf)
-			}
-		}
-		return next.ServeHTTP(w, r)
+		return true, nil
 	}
 
 	// refused: nothing admitted for this request may stay spent in an
@@ -285,7 +331,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.reportRefusal(r, z, d)
 	if h.Mode == ModeReportOnly {
 		z.counters.wouldRefuse.Inc()
-		return next.ServeHTTP(w, r)
+		return false, nil
 	}
 	z.counters.refused.Inc()
 	if repl != nil {
@@ -296,21 +342,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	p.Type = problem.TypeQuotaExceeded
 	p.Code = "rate_limited"
 	p.Extensions = map[string]any{"violated-policies": []string{z.Name}}
-	return caddyhttp.Error(http.StatusTooManyRequests, p)
+	return false, caddyhttp.Error(http.StatusTooManyRequests, p)
 }
 
 // undecided handles a request that the store could not decide (Redis is
-// down or slow): on_error allow admits it, without RateLimit headers;
-// deny refuses it with a 503 problem. Either way the operator is told why
-// (sampled), since neither answer says it to anyone else.
-func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, asks []ask, err error) error {
+// down or slow): on_error allow admits it (nil: the request goes on),
+// without RateLimit headers; deny refuses it with a 503 problem. Either way
+// the operator is told why (sampled), since neither answer says it to
+// anyone else.
+func (h *Handler) undecided(w http.ResponseWriter, r *http.Request, asks []ask, err error) error {
 	for _, a := range asks {
 		a.zone.counters.undecided.Inc()
 		trace.RateLimit(r.Context(), a.zone.Name, trace.Undecided, -1)
 	}
 	h.reportUndecided(r, asks, err)
 	if h.OnError == OnErrorAllow {
-		return next.ServeHTTP(w, r)
+		return nil
 	}
 	// refused: the earlier handlers' tokens go back, as on a 429
 	h.refundEarlier(r)

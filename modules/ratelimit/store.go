@@ -32,6 +32,8 @@ type Decision struct {
 	// It is the `t` of the RateLimit header and, on a 429, Retry-After.
 	NextIn time.Duration
 
+	// the bucket's tokens (setState), whole or not
+	tokens float64
 	// what gives the token back; nil if none was taken
 	refund    refunder
 	perSecond float64
@@ -58,6 +60,7 @@ func (d *Decision) Refund(now time.Time) {
 
 // setState describes a bucket holding tokens.
 func (d *Decision) setState(tokens float64) {
+	d.tokens = tokens
 	d.Remaining = math.Floor(max(tokens, 0))
 	d.NextIn = nextIn(tokens, d.perSecond, d.burst)
 }
