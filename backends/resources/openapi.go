@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/restgate/restgate/internal/httpcond"
+	"github.com/restgate/restgate/internal/openapidoc"
 	"github.com/restgate/restgate/modules/problem"
 )
 
@@ -40,7 +41,7 @@ const openAPICacheControl = "no-cache"
 func (h *Handler) openAPI() ([]byte, error) {
 	type obj = map[string]any
 	schemas := obj{
-		"Problem": problem.Schema(),
+		openapidoc.ProblemSchema: problem.Schema(),
 		"Pagination": obj{
 			"type": "object",
 			"properties": obj{
@@ -50,19 +51,13 @@ func (h *Handler) openAPI() ([]byte, error) {
 			"required": []string{"total_count", "max_page"},
 		},
 	}
-	hdrRef := func(names ...string) obj {
-		out := obj{}
-		for _, n := range names {
-			out[n] = obj{"$ref": "#/components/headers/" + n}
-		}
-		return out
-	}
+	hdrRef := openapidoc.HeaderRefs
 	problemResp := func(desc string, status int) obj {
-		hdrs := hdrRef("X-Request-Id", "RateLimit", "RateLimit-Policy")
+		names := []string{"X-Request-Id", "RateLimit", "RateLimit-Policy"}
 		if status == http.StatusTooManyRequests {
-			hdrs["Retry-After"] = obj{"$ref": "#/components/headers/Retry-After"}
+			names = append(names, "Retry-After")
 		}
-		return obj{"description": desc, "headers": hdrs, "content": obj{"application/problem+json": obj{"schema": obj{"$ref": "#/components/schemas/Problem"}}}}
+		return obj{"description": desc, "headers": hdrRef(names...), "content": openapidoc.ProblemContent()}
 	}
 	errorResponses := func(codes ...int) obj {
 		out := obj{}
@@ -154,7 +149,8 @@ func (h *Handler) openAPI() ([]byte, error) {
 				listParams = append(listParams, obj{"name": n, "in": "query", "description": "equality filter", "schema": obj{"type": "string"}})
 			}
 		}
-		idemKey := obj{"$ref": "#/components/parameters/IdempotencyKey"}
+		idemKey := openapidoc.ParamRef(openapidoc.ParamIdempotencyKey)
+		ifMatch := openapidoc.ParamRef(openapidoc.ParamIfMatch)
 		create := errorResponses(400, 401, 403, 404, 409, 413, 415, 422, 429)
 		create["201"] = docResp("Created", "Location")
 		if c.Upsert {
@@ -194,15 +190,15 @@ func (h *Handler) openAPI() ([]byte, error) {
 		paths[h.Prefix+base+"/{"+c.Key+"}"] = obj{
 			"parameters": itemParams,
 			"get": obj{"operationId": "get_" + singular(c), "summary": "Get " + one, "tags": tags, "responses": get,
-				"parameters": []any{obj{"$ref": "#/components/parameters/IfNoneMatch"}}, "description": "The " + singular(c) + ", with its ETag; `If-None-Match` with a current tag is a 304."},
+				"parameters": []any{openapidoc.ParamRef(openapidoc.ParamIfNoneMatch)}, "description": "The " + singular(c) + ", with its ETag; `If-None-Match` with a current tag is a 304."},
 			"put": obj{"operationId": "replace_" + singular(c), "summary": "Replace " + one, "tags": tags, "responses": put,
-				"parameters": []any{obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Replaces the whole " + singular(c) + ". With `If-Match`, a stale tag is a 412 and nothing changes.",
+				"parameters": []any{ifMatch}, "description": "Replaces the whole " + singular(c) + ". With `If-Match`, a stale tag is a 412 and nothing changes.",
 				"requestBody": obj{"required": true, "content": obj{"application/json": obj{"schema": inRef}}}},
 			"patch": obj{"operationId": "update_" + singular(c), "summary": "Update " + one + " with a JSON merge patch", "tags": tags, "responses": patch,
-				"parameters": []any{idemKey, obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Applies a JSON merge patch (RFC 7396). With `If-Match`, a stale tag is a 412 and nothing changes.",
+				"parameters": []any{idemKey, ifMatch}, "description": "Applies a JSON merge patch (RFC 7396). With `If-Match`, a stale tag is a 412 and nothing changes.",
 				"requestBody": obj{"required": true, "content": obj{mergePatchType: obj{"schema": obj{"type": "object"}}, "application/json": obj{"schema": obj{"type": "object"}}}}},
 			"delete": obj{"operationId": "delete_" + singular(c), "summary": "Delete " + one, "tags": tags, "responses": del,
-				"parameters": []any{obj{"$ref": "#/components/parameters/IfMatch"}}, "description": "Deletes the " + singular(c) + h.cascadeNote(c) + ". With `If-Match`, a stale tag is a 412."},
+				"parameters": []any{ifMatch}, "description": "Deletes the " + singular(c) + h.cascadeNote(c) + ". With `If-Match`, a stale tag is a 412."},
 		}
 	}
 	paths[h.Prefix+"/health"] = obj{"get": obj{
@@ -218,9 +214,6 @@ func (h *Handler) openAPI() ([]byte, error) {
 		"responses":   obj{"200": obj{"description": "The document", "content": obj{"application/json": obj{"schema": obj{"type": "object"}}}}},
 	}}
 	tagList = append(tagList, obj{"name": "service", "description": "Health and the API description"})
-	oneKey := "Send one API key per request: either `Authorization: Bearer <key>` or `" + h.APIKeyHeader + ": <key>`, never both (two different keys are a 400)."
-	header := func(desc string, schema obj) obj { return obj{"description": desc, "schema": schema} }
-	str := obj{"type": "string"}
 	doc := obj{
 		"openapi": "3.1.0",
 		"info": obj{"title": "restgate resources", "version": "v1",
@@ -233,34 +226,13 @@ func (h *Handler) openAPI() ([]byte, error) {
 		"tags":    tagList,
 		"paths":   paths,
 		"components": obj{
-			"schemas": schemas,
-			"headers": obj{
-				"ETag":             header("The representation's entity tag, for If-Match and If-None-Match", str),
-				"Last-Modified":    header("When the representation last changed", str),
-				"Location":         header("The created resource", obj{"type": "string", "format": "uri-reference"}),
-				"X-Request-Id":     header("The request's id, also in every problem's request_id and the access log", str),
-				"RateLimit":        header("Quota left per policy: \"name\";r=<requests left>;t=<seconds until more> (draft-ietf-httpapi-ratelimit-headers)", str),
-				"RateLimit-Policy": header("The quota policies: \"name\";q=<requests>;w=<window seconds>", str),
-				"Retry-After":      header("Seconds until a retry can succeed", obj{"type": "integer", "minimum": 0}),
-			},
-			"parameters": obj{
-				"IfMatch": obj{"name": "If-Match", "in": "header", "required": false, "schema": str,
-					"description": "Optimistic locking: the ETag you read. A stale tag is a 412 and nothing changes; `*` requires that the resource exists."},
-				"IfNoneMatch": obj{"name": "If-None-Match", "in": "header", "required": false, "schema": str,
-					"description": "The ETag you hold: a 304 without a body if it is still current."},
-				"IdempotencyKey": obj{
-					"name": "Idempotency-Key", "in": "header", "required": false,
-					"description": "Makes a retry of this request take effect once (draft-ietf-httpapi-idempotency-key-header): a quoted string unique to the operation, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\". A retry with the same key and request gets the first response (with Idempotent-Replayed: true); one while the first is in flight gets 409; the same key with another request gets 422.",
-					"schema":      obj{"type": "string", "maxLength": 257},
-				},
-			},
-			"securitySchemes": obj{
-				"bearer": obj{"type": "http", "scheme": "bearer", "description": oneKey},
-				"apiKey": obj{"type": "apiKey", "in": "header", "name": h.APIKeyHeader, "description": oneKey},
-			},
+			"schemas":         schemas,
+			"headers":         openapidoc.Headers("ETag", "Last-Modified", "Location", "X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After"),
+			"parameters":      openapidoc.Parameters(),
+			"securitySchemes": openapidoc.SecuritySchemes(h.APIKeyHeader),
 		},
 		// one requirement: a request carries one credential
-		"security": []any{obj{"bearer": []string{}}},
+		"security": []any{obj{openapidoc.SchemeBearer: []string{}}},
 	}
 	return json.Marshal(doc)
 }

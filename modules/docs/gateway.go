@@ -7,21 +7,12 @@ import (
 	"strings"
 
 	"github.com/restgate/restgate/internal/identity"
+	"github.com/restgate/restgate/internal/openapidoc"
 	"github.com/restgate/restgate/modules/problem"
 )
 
 // obj is a JSON object of an OpenAPI document.
 type obj = map[string]any
-
-// The names of what the gateway adds to a document, under components. A
-// base document that already defines one (the resources handler's does:
-// Problem, the headers, the parameters, the security schemes) keeps its
-// own, and the gateway's operations refer to it.
-const (
-	schemeBearer  = "bearer"
-	schemeAPIKey  = "apiKey"
-	schemaProblem = "Problem"
-)
 
 // gatewayStatuses are the problem responses the gateway itself can give on
 // any proxied operation, with the methods that can get each (nil: every
@@ -53,26 +44,34 @@ func problemType(status int) string {
 	return "about:blank"
 }
 
+// The security schemes the gateway adds to a document (merge.go names
+// them).
+const (
+	schemeBearer = openapidoc.SchemeBearer
+	schemeAPIKey = openapidoc.SchemeAPIKey
+)
+
 // gatewayComponents returns what the gateway's additions refer to, by
-// components section. apiKeyHeader names the API-key header scheme.
+// components section; the definitions shared with the resources handler's
+// document come from openapidoc. A base document that already defines one
+// (the resources handler's does: Problem, the headers, the parameters, the
+// security schemes) keeps its own, and the gateway's operations refer to
+// it. apiKeyHeader names the API-key header scheme.
 func gatewayComponents(apiKeyHeader string) map[string]obj {
-	str := obj{"type": "string"}
-	header := func(desc string, schema obj) obj { return obj{"description": desc, "schema": schema} }
-	oneKey := "Send one API key per request: either `Authorization: Bearer <key>` or `" + apiKeyHeader + ": <key>`, never both (two different keys are a 400)."
 	responses := obj{}
 	for _, s := range gatewayStatuses {
-		hdrs := headerRefs("X-Request-Id", "RateLimit", "RateLimit-Policy")
+		names := []string{"X-Request-Id", "RateLimit", "RateLimit-Policy"}
 		switch s.status {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			hdrs["WWW-Authenticate"] = obj{"$ref": "#/components/headers/WWW-Authenticate"}
+			names = append(names, "WWW-Authenticate")
 		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-			hdrs["Retry-After"] = obj{"$ref": "#/components/headers/Retry-After"}
+			names = append(names, "Retry-After")
 		}
 		responses[s.name] = obj{
 			"description": http.StatusText(s.status) + " (from the gateway)",
-			"headers":     hdrs,
+			"headers":     openapidoc.HeaderRefs(names...),
 			"content": obj{"application/problem+json": obj{
-				"schema": obj{"$ref": "#/components/schemas/" + schemaProblem},
+				"schema": openapidoc.ProblemRef(),
 				"example": obj{
 					"type": problemType(s.status), "title": http.StatusText(s.status), "status": s.status,
 					"detail": s.detail, "code": s.code, "request_id": "01JD3Q6X5ZV6M4T6W2K8R9S0AB",
@@ -81,40 +80,12 @@ func gatewayComponents(apiKeyHeader string) map[string]obj {
 		}
 	}
 	return map[string]obj{
-		"schemas":   {schemaProblem: problem.Schema()},
-		"responses": responses,
-		"headers": {
-			"ETag":             header("The representation's entity tag, for If-Match and If-None-Match", str),
-			"X-Request-Id":     header("The request's id, also in every problem's request_id and the access log", str),
-			"RateLimit":        header("Quota left per policy: \"name\";r=<requests left>;t=<seconds until more> (draft-ietf-httpapi-ratelimit-headers)", str),
-			"RateLimit-Policy": header("The quota policies: \"name\";q=<requests>;w=<window seconds>", str),
-			"Retry-After":      header("Seconds until a retry can succeed", obj{"type": "integer", "minimum": 0}),
-			"WWW-Authenticate": header("The Bearer challenge (RFC 6750), with error=\"insufficient_scope\" and the scope on a 403", str),
-		},
-		"parameters": {
-			"IfMatch": obj{"name": "If-Match", "in": "header", "required": false, "schema": str,
-				"description": "Optimistic locking: the ETag you read. A stale tag is a 412 and nothing changes; `*` requires that the resource exists."},
-			"IfNoneMatch": obj{"name": "If-None-Match", "in": "header", "required": false, "schema": str,
-				"description": "The ETag you hold: a 304 without a body if it is still current."},
-			"IdempotencyKey": obj{
-				"name": "Idempotency-Key", "in": "header", "required": false,
-				"description": "Makes a retry of this request take effect once (draft-ietf-httpapi-idempotency-key-header): a quoted string unique to the operation, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\". A retry with the same key and request gets the first response (with Idempotent-Replayed: true); one while the first is in flight gets 409; the same key with another request gets 422.",
-				"schema":      obj{"type": "string", "maxLength": 257},
-			},
-		},
-		"securitySchemes": {
-			schemeBearer: obj{"type": "http", "scheme": "bearer", "description": oneKey},
-			schemeAPIKey: obj{"type": "apiKey", "in": "header", "name": apiKeyHeader, "description": oneKey},
-		},
+		"schemas":         {openapidoc.ProblemSchema: problem.Schema()},
+		"responses":       responses,
+		"headers":         openapidoc.Headers("ETag", "X-Request-Id", "RateLimit", "RateLimit-Policy", "Retry-After", "WWW-Authenticate"),
+		"parameters":      openapidoc.Parameters(),
+		"securitySchemes": openapidoc.SecuritySchemes(apiKeyHeader),
 	}
-}
-
-func headerRefs(names ...string) obj {
-	out := obj{}
-	for _, n := range names {
-		out[n] = obj{"$ref": "#/components/headers/" + n}
-	}
-	return out
 }
 
 // methods are the operation keys of a path item.
@@ -124,13 +95,13 @@ var methods = []string{"get", "put", "post", "delete", "options", "head", "patch
 func gatewayParams(method string) []string {
 	switch method {
 	case "GET", "HEAD":
-		return []string{"IfNoneMatch"}
+		return []string{openapidoc.ParamIfNoneMatch}
 	case "POST":
-		return []string{"IdempotencyKey"}
+		return []string{openapidoc.ParamIdempotencyKey}
 	case "PATCH":
-		return []string{"IdempotencyKey", "IfMatch"}
+		return []string{openapidoc.ParamIdempotencyKey, openapidoc.ParamIfMatch}
 	case "PUT", "DELETE":
-		return []string{"IfMatch"}
+		return []string{openapidoc.ParamIfMatch}
 	}
 	return nil
 }
@@ -165,7 +136,7 @@ func addGateway(op obj, method string, scope string, schemes []string, params ob
 		pm, _ := params[ref].(obj)
 		name, _ := pm["name"].(string)
 		if !have["header:"+strings.ToLower(name)] {
-			kept = append(kept, obj{"$ref": "#/components/parameters/" + ref})
+			kept = append(kept, openapidoc.ParamRef(ref))
 		}
 	}
 	if len(kept) > 0 {
@@ -188,17 +159,18 @@ func addGateway(op obj, method string, scope string, schemes []string, params ob
 		if hdrs == nil {
 			hdrs = obj{}
 		}
-		for _, n := range []string{"X-Request-Id", "RateLimit", "RateLimit-Policy"} {
-			if !hasKeyFold(hdrs, n) {
-				hdrs[n] = obj{"$ref": "#/components/headers/" + n}
-			}
+		names := []string{"X-Request-Id", "RateLimit", "RateLimit-Policy"}
+		if (method == "GET" || method == "HEAD") && strings.HasPrefix(code, "2") {
+			names = append(names, "ETag")
 		}
-		if (method == "GET" || method == "HEAD") && strings.HasPrefix(code, "2") && !hasKeyFold(hdrs, "ETag") {
-			hdrs["ETag"] = obj{"$ref": "#/components/headers/ETag"}
+		for n, ref := range openapidoc.HeaderRefs(names...) {
+			if !hasKeyFold(hdrs, n) {
+				hdrs[n] = ref
+			}
 		}
 		rm["headers"] = hdrs
 		if isError(code) && rm["content"] != nil {
-			rm["content"] = obj{"application/problem+json": obj{"schema": obj{"$ref": "#/components/schemas/" + schemaProblem}}}
+			rm["content"] = openapidoc.ProblemContent()
 		}
 	}
 	for _, s := range gatewayStatuses {
