@@ -2,8 +2,6 @@ package resources
 
 import (
 	"context"
-	"database/sql"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"sync"
@@ -179,7 +177,7 @@ CREATE TABLE IF NOT EXISTS change_log (
 INSERT OR IGNORE INTO change_log VALUES (1, 0);
 `
 
-const changeColumns = `seq, op, collection, parent, key, doc, owner, version, created_at, modified_at`
+const changeColumns = `seq, op, ` + docColumns
 
 func (s *sqliteStore) initChangeLog(ctx context.Context) error {
 	_, err := s.writer.ExecContext(ctx, sqliteChangeSchema)
@@ -274,24 +272,9 @@ func (s *sqliteStore) watchChanges(context.Context, func()) {}
 
 func scanChange(row scanner) (*change, error) {
 	var c change
-	var d Doc
-	var body, created string
-	var modified sql.NullString
-	if err := row.Scan(&c.seq, &c.op, &d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &created, &modified); err != nil {
-		return nil, err
-	}
-	d.Body = json.RawMessage(body)
 	var err error
-	if d.Created, err = time.Parse(timeLayout, created); err != nil {
-		return nil, err
-	}
-	if modified.Valid {
-		if d.Modified, err = time.Parse(timeLayout, modified.String); err != nil {
-			return nil, err
-		}
-	}
-	c.doc = &d
-	return &c, nil
+	c.doc, err = scanDoc(row, &c.seq, &c.op)
+	return &c, err
 }
 
 // PostgreSQL.
@@ -378,18 +361,10 @@ func (s *pgStore) changesSince(ctx context.Context, after int64, limit int) ([]*
 	var out []*change
 	for rows.Next() {
 		var c change
-		var d Doc
-		var body string
-		var modified *time.Time
-		if err := rows.Scan(&c.seq, &c.op, &d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &d.Created, &modified); err != nil {
+		var err error
+		if c.doc, err = scanPgDoc(rows, &c.seq, &c.op); err != nil {
 			return nil, 0, unavailable(err)
 		}
-		d.Body = json.RawMessage(body)
-		d.Created = d.Created.UTC()
-		if modified != nil {
-			d.Modified = modified.UTC()
-		}
-		c.doc = &d
 		out = append(out, &c)
 	}
 	if err := rows.Err(); err != nil {

@@ -395,11 +395,13 @@ func affected(tag pgconn.CommandTag, err error, ifNone error) error {
 	return nil
 }
 
-func scanPgDoc(row pgx.Row) (*Doc, error) {
+// scanPgDoc reads a row of pgDocColumns, after the columns lead scans
+// into (the changes table's seq and op).
+func scanPgDoc(row pgx.Row, lead ...any) (*Doc, error) {
 	var d Doc
 	var body string
 	var modified *time.Time
-	err := row.Scan(&d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &d.Created, &modified)
+	err := row.Scan(append(lead, &d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &d.Created, &modified)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}

@@ -322,11 +322,13 @@ func (t sqliteTx) DeleteChildren(collection, parent string) error {
 
 type scanner interface{ Scan(...any) error }
 
-func scanDoc(row scanner) (*Doc, error) {
+// scanDoc reads a row of docColumns, after the columns lead scans into
+// (the changes table's seq and op).
+func scanDoc(row scanner, lead ...any) (*Doc, error) {
 	var d Doc
 	var body, created string
 	var modified sql.NullString
-	err := row.Scan(&d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &created, &modified)
+	err := row.Scan(append(lead, &d.Collection, &d.Parent, &d.Key, &body, &d.Owner, &d.Version, &created, &modified)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
