@@ -93,8 +93,10 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// ask upstream; HEAD goes as GET so that its ETag is the GET's, and the
 	// client's validators stay here when the cache needs a full response
+	// (a GET without validators and nothing stale goes as it came: a copy
+	// of the request would change nothing)
 	upstream := r
-	if r.Method == http.MethodHead || h.store != nil {
+	if r.Method == http.MethodHead || h.store != nil && (stale != nil || hasValidators(r.Header)) {
 		upstream = r.Clone(r.Context())
 		upstream.Method = http.MethodGet
 		if h.store != nil {
@@ -168,6 +170,12 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		return err
 	}
 	return nil
+}
+
+// hasValidators reports whether h carries a validator the cache keeps
+// from upstream (If-None-Match, If-Modified-Since).
+func hasValidators(h http.Header) bool {
+	return len(h["If-None-Match"]) > 0 || len(h["If-Modified-Since"]) > 0
 }
 
 // isLength reports whether a Content-Length value is n, without allocating
