@@ -1,0 +1,105 @@
+package tests
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/restgate/restgate/internal/testredis"
+)
+
+// TestRateLimitOneRoundTrip: the default Caddyfile as shipped, with
+// RESTGATE_REDIS, decides both limits of a keyed request in one Redis
+// script call (the per-IP limit before api_auth and the per-user limit
+// after it, paired): N keyed GETs cost N script calls, not 2N. The limits
+// still hold: the per-user limit refuses its user once used up, and an
+// unauthenticated flood from one address gets 401s until the per-IP limit
+// is used up, then 429s that say nothing about the credential, as does a
+// valid key from that address.
+func TestRateLimitOneRoundTrip(t *testing.T) {
+	const perIP, perUser, n = 40, 25, 20
+	rs, err := testredis.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rs.Stop)
+	g := StartGateway(t, redisSwitch(t), Options{Env: map[string]string{
+		"RESTGATE_REDIS":         rs.Addr,
+		"RESTGATE_RATE_PER_IP":   strconv.Itoa(perIP) + "/1h",
+		"RESTGATE_RATE_PER_USER": strconv.Itoa(perUser) + "/1h",
+	}})
+	c := g.Client()
+	rc := rs.Client()
+	defer rc.Close()
+	scripts := func() int64 {
+		info, err := rc.Info(context.Background(), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var calls int64
+		for _, line := range strings.Split(info, "\n") {
+			for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+				if rest, ok := strings.CutPrefix(strings.TrimSpace(line), cmd); ok {
+					v, _, _ := strings.Cut(rest, ",")
+					k, _ := strconv.ParseInt(v, 10, 64)
+					calls += k
+				}
+			}
+		}
+		return calls
+	}
+
+	// the first request loads the script into Redis (EVALSHA, NOSCRIPT,
+	// EVAL)
+	if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("tester")...); r.StatusCode != 200 {
+		t.Fatalf("first keyed GET: %d %s", r.StatusCode, r.Body)
+	}
+	before := scripts()
+	for i := range n {
+		if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("tester")...); r.StatusCode != 200 {
+			t.Fatalf("keyed GET %d: %d %s", i, r.StatusCode, r.Body)
+		}
+	}
+	if got := scripts() - before; got != n {
+		t.Errorf("%d keyed GETs ran %d scripts in Redis, want %d (one round trip a request for both limits)", n, got, n)
+	}
+
+	// the per-user limit: tester has used 1+n of perUser
+	for i := 1 + n; i < perUser; i++ {
+		if r := Do(t, c, "GET", g.URL("/v1/events"), "", bearer("tester")...); r.StatusCode != 200 {
+			t.Fatalf("keyed GET %d of %d: %d %s", i+1, perUser, r.StatusCode, r.Body)
+		}
+	}
+	m := AssertProblem(t, Do(t, c, "GET", g.URL("/v1/events"), "", bearer("tester")...), 429)
+	if vp, _ := m["violated-policies"].([]any); len(vp) != 1 || vp[0] != "per-user" {
+		t.Errorf("over the per-user limit: the 429 names %v, want per-user", m["violated-policies"])
+	}
+
+	// an unauthenticated flood from the same address: the per-IP limit has
+	// perIP-perUser tokens left (the refused request spent none)
+	bad := []string{"Authorization", "Bearer rg_test_nobody_000000000000000000000000009"}
+	for i := range perIP - perUser {
+		r := Do(t, c, "GET", g.URL("/v1/events"), "", bad...)
+		if r.StatusCode != 401 {
+			t.Fatalf("bad key %d within the per-IP limit: %d %s, want 401", i, r.StatusCode, r.Body)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		headers []string
+	}{{"a bad key", bad}, {"no key", nil}, {"a valid key", bearer("alice")}, {"the public health path", nil}} {
+		path := "/v1/events"
+		if tc.name == "the public health path" {
+			path = "/v1/health"
+		}
+		r := Do(t, c, "GET", g.URL(path), "", tc.headers...)
+		m := AssertProblem(t, r, 429)
+		if vp, _ := m["violated-policies"].([]any); len(vp) != 1 || vp[0] != "per-ip" {
+			t.Errorf("%s over the per-IP limit: the 429 names %v, want per-ip", tc.name, m["violated-policies"])
+		}
+		if h := r.Header.Get("WWW-Authenticate"); h != "" {
+			t.Errorf("%s over the per-IP limit: WWW-Authenticate %q tells the client about its credential", tc.name, h)
+		}
+	}
+}
