@@ -40,7 +40,11 @@ import (
 // connection, connecting and its statements. A statement past it makes
 // pgx close its connection, which the pool then drops: a server that froze
 // mid-answer leaves no connection stuck in a read, and the pool serves
-// again, with fresh connections, as soon as the server answers.
+// again, with fresh connections, as soon as the server answers. A
+// connection whose server takes no writes (it answered SQLSTATE 25006: a
+// standby, a primary fenced in a switchover) is closed too, so the next
+// call dials anew and, with a multi-host URL and
+// target_session_attrs=read-write, reaches the primary.
 type pgStore struct {
 	pool    *pgxpool.Pool
 	timeout time.Duration
@@ -106,6 +110,7 @@ func openPostgres(ctx context.Context, url string, timeout time.Duration) (*pgSt
 		// deadline: bound it too
 		cfg.ConnConfig.ConnectTimeout = timeout
 	}
+	cfg.ConnConfig.OnPgError = closeReadOnly(cfg.ConnConfig.OnPgError)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -119,6 +124,28 @@ func openPostgres(ctx context.Context, url string, timeout time.Duration) (*pgSt
 		return nil, fmt.Errorf("creating the schema: %w", err)
 	}
 	return s, nil
+}
+
+// readOnlySQLTransaction is the SQLSTATE of a write on a server that
+// takes none.
+const readOnlySQLTransaction = "25006"
+
+// closeReadOnly wraps pgx's handler of the errors the server sends (which
+// closes the connection on a FATAL one) so that it also closes a
+// connection whose statement failed with SQLSTATE 25006,
+// read_only_sql_transaction: the server it reached takes no writes (a
+// standby, a primary fenced during a switchover). The error still reaches
+// the caller (a 503); the pool destroys the closed connection when it is
+// released, and the next acquire dials anew, which with a multi-host URL
+// and target_session_attrs=read-write reaches the primary. Kept, the
+// connection would fail every write until its lifetime ran out.
+func closeReadOnly(next pgconn.PgErrorHandler) pgconn.PgErrorHandler {
+	return func(c *pgconn.PgConn, pe *pgconn.PgError) bool {
+		if pe.Code == readOnlySQLTransaction {
+			return false
+		}
+		return next == nil || next(c, pe)
+	}
 }
 
 // migrate runs fn holding the migration lock, on one connection.
@@ -442,8 +469,10 @@ func unavailable(err error) error {
 		switch {
 		case strings.HasPrefix(pe.Code, "08"), // connection exception
 			pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03", // shutting down, cannot connect now
-			pe.Code == "25006", // read-only transaction: a standby not yet promoted (a URL without target_session_attrs=read-write)
-			pe.Code == "53300": // too many connections
+			pe.Code == "53300", // too many connections
+			// a standby not yet promoted, a fenced primary (closeReadOnly
+			// has closed the connection)
+			pe.Code == readOnlySQLTransaction:
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		return err
