@@ -187,6 +187,9 @@ func (h *Handler) Validate() error {
 	if h.Cache != nil && (h.Cache.MaxSize < 0 || h.Cache.DefaultTTL < 0) {
 		return fmt.Errorf("cache: sizes and durations must not be negative")
 	}
+	if h.Redis && h.RedisAuto {
+		return fmt.Errorf("redis and redis_auto contradict each other: redis needs the redis app, redis_auto follows it; set one")
+	}
 	return nil
 }
 

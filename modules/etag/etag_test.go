@@ -528,3 +528,18 @@ func BenchmarkGetMiss(b *testing.B) {
 		_ = h.ServeHTTP(w, r, next)
 	}
 }
+
+// TestRedisAndRedisAutoContradict: a JSON config that sets both redis
+// (Redis required) and redis_auto (Redis if configured) is refused instead
+// of silently taking the first.
+func TestRedisAndRedisAutoContradict(t *testing.T) {
+	h := &Handler{Redis: true, RedisAuto: true}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "redis_auto") {
+		t.Errorf("Validate() = %v, want the contradiction named", err)
+	}
+	for _, ok := range []*Handler{{Redis: true}, {RedisAuto: true}, {}} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate(%+v) = %v, want nil", *ok, err)
+		}
+	}
+}
