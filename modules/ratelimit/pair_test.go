@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -323,13 +322,11 @@ func decisionCounts(t *testing.T, zones []string) map[string]float64 {
 // scriptCalls is how many scripts the package's Redis has run.
 func scriptCalls(t testing.TB) int64 {
 	t.Helper()
-	c := testRedis.Client()
-	defer c.Close()
-	info, err := c.Info(context.Background(), "commandstats").Result()
+	n, err := testRedis.ScriptCalls(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return scriptCallsIn(info)
+	return n
 }
 
 // compareBuckets checks that the buckets of the zones of c hold the same
@@ -376,18 +373,39 @@ func compareBuckets(t *testing.T, c *chain, a, b *redisapp.App) {
 	}
 }
 
-// scriptCallsIn sums the calls of EVALSHA and EVAL in an INFO
-// commandstats reply.
-func scriptCallsIn(info string) int64 {
-	var n int64
-	for _, line := range strings.Split(info, "\n") {
-		for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), cmd); ok {
-				v, _, _ := strings.Cut(rest, ",")
-				c, _ := strconv.ParseInt(v, 10, 64)
-				n += c
+// BenchmarkPairedChain is a keyed GET through the per-IP limit, api_auth
+// and the per-user limit: on the local store (the reference), and on the
+// package's Redis (loopback) one after the other (unpaired: two script
+// calls) and paired (one); one request at a time, and from concurrent
+// clients (whose scripts the redis app batches).
+func BenchmarkPairedChain(b *testing.B) {
+	for _, name := range []string{"local", "unpaired", "paired"} {
+		c := newChain(b, "api_rate_limit_ip {\n zone "+uniq("bench-ip")+" 1000000000/1s\n}",
+			"api_rate_limit {\n zone "+uniq("bench-user")+" 1000000000/1s\n}", testRedisApp, OnErrorDeny, name == "paired")
+		for _, h := range []*Handler{c.ip, c.user} {
+			h.shared.callerClock = false // Redis's clock, as in production
+			if name == "local" {
+				h.Store, h.shared, h.redis = StoreLocal, nil, nil
 			}
 		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if o := c.send("GET", "/v1/events", "192.0.2.1", aliceKey); o.status != 200 {
+					b.Fatalf("%+v", o)
+				}
+			}
+		})
+		b.Run(name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if o := c.send("GET", "/v1/events", "192.0.2.1", aliceKey); o.status != 200 {
+						b.Errorf("%+v", o)
+						return
+					}
+				}
+			})
+		})
 	}
-	return n
 }
