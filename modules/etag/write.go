@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"strings"
 	"slices"
 	"strconv"
 	"sync"
@@ -25,6 +26,31 @@ import (
 	"github.com/restgate/restgate/modules/redisapp"
 )
 
+// requiresIfMatch reports whether require_if_match covers r's resource.
+// The resource key ignores a trailing slash (/v1/config/ is /v1/config,
+// under one lock), so the paths do too: the other spelling must not be a
+// way around the 428.
+func (h *Handler) requiresIfMatch(r *http.Request) bool {
+	if len(h.RequireIfMatch) == 0 {
+		return false
+	}
+	if h.RequireIfMatch.Match(r) {
+		return true
+	}
+	p := r.URL.Path
+	if len(p) < 2 || !strings.HasSuffix(p, "/") {
+		return false
+	}
+	u := *r.URL
+	u.Path, u.RawPath = strings.TrimRight(p, "/"), strings.TrimRight(u.RawPath, "/")
+	if u.Path == "" {
+		return false
+	}
+	trimmed := *r
+	trimmed.URL = &u
+	return h.RequireIfMatch.Match(&trimmed)
+}
+
 // serveWrite handles every unsafe method: a conditional PUT, PATCH or
 // DELETE is decided under the resource's lock; anything else is forwarded.
 // A successful write invalidates what the cache holds for the resource.
@@ -32,7 +58,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	conditional := len(r.Header["If-Match"]) > 0 || len(r.Header["If-None-Match"]) > 0 ||
 		len(r.Header["If-Unmodified-Since"]) > 0
 	lockable := r.Method == http.MethodPut || r.Method == http.MethodPatch || r.Method == http.MethodDelete
-	if lockable && !conditional && len(h.RequireIfMatch) > 0 && h.RequireIfMatch.Match(r) {
+	if lockable && !conditional && h.requiresIfMatch(r) {
 		return problem.Error(http.StatusPreconditionRequired, "if_match_required",
 			"this resource changes only with optimistic locking: GET it first, then send If-Match with its ETag")
 	}
