@@ -7,9 +7,9 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"strings"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
