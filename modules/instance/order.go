@@ -129,8 +129,8 @@ var orderRules = []orderRule{
 	},
 	{
 		first: setOf(stLimitIP), then: setOf(stAuth),
-		why: "the per-IP limit throttles guessed keys, so a request api_auth refuses must already be counted",
-		hint: " (a limit that keys on the principal, after api_auth, is api_rate_limit, without share_refunds)",
+		why:  "the per-IP limit throttles guessed keys, so a request api_auth refuses must already be counted",
+		hint: "; a limit that keys on the principal, after api_auth, is api_rate_limit (without share_refunds)",
 	},
 	{
 		first: setOf(stLimitIP), then: setOf(stLimit),
@@ -138,8 +138,8 @@ var orderRules = []orderRule{
 	},
 	{
 		first: setOf(stAuth), then: setOf(stLimit),
-		why: "it keys on the principal api_auth sets (before api_auth every request counts against its client IP)",
-		hint: " (a limit meant for before api_auth is api_rate_limit_ip, share_refunds in JSON)",
+		why:  "it keys on the principal api_auth sets (before api_auth every request counts against its client IP)",
+		hint: "; a limit meant for before api_auth is api_rate_limit_ip (share_refunds in JSON)",
 	},
 	{
 		first: setOf(stAuth), then: setOf(stIdempotency),
@@ -301,7 +301,7 @@ func (o *orderWalk) run(w way, s stage) way {
 			continue
 		}
 		(w.ran & rule.then).each(func(early stage) {
-			o.report(w, fmt.Sprintf("%s runs before %s on %s: %s; put %s after %s%s (at the site's level the Caddyfile orders them for you)",
+			o.report(w, fmt.Sprintf("%s runs before %s on %s: %s; put %s after %s (at the site's level the Caddyfile orders them for you)%s",
 				early, s, o.on(w.route()), rule.why, early, s, rule.hint))
 		})
 	}

@@ -95,11 +95,11 @@ func TestOrder(t *testing.T) {
 		{"api_cors after a limit", `{"srv0":` + site(chain(jErrors, jLimitIP, jCORS, jAuth, jProxy)) + `}`,
 			[]string{`api_rate_limit_ip runs before api_cors on srv0 route "host api.localhost": api_cors answers preflights`, "put api_rate_limit_ip after api_cors"}},
 		{"the per-IP limit after api_auth", `{"srv0":` + site(chain(jErrors, jAuth, jLimitIP, jProxy)) + `}`,
-			[]string{`api_auth runs before api_rate_limit_ip on srv0 route "host api.localhost": the per-IP limit throttles guessed keys`, "(a limit that keys on the principal, after api_auth, is api_rate_limit, without share_refunds)"}},
+			[]string{`api_auth runs before api_rate_limit_ip on srv0 route "host api.localhost": the per-IP limit throttles guessed keys`, "put api_auth after api_rate_limit_ip (at the site's level the Caddyfile orders them for you); a limit that keys on the principal, after api_auth, is api_rate_limit (without share_refunds)"}},
 		{"the per-IP limit after the per-principal one", `{"srv0":` + site(chain(jErrors, jLimit, jLimitIP, jProxy)) + `}`,
 			[]string{`api_rate_limit runs before api_rate_limit_ip on srv0 route "host api.localhost": api_rate_limit refunds`}},
 		{"the per-principal limit before api_auth", `{"srv0":` + site(chain(jErrors, jLimit, jAuth, jProxy)) + `}`,
-			[]string{`api_rate_limit runs before api_auth on srv0 route "host api.localhost": it keys on the principal`, "(a limit meant for before api_auth is api_rate_limit_ip, share_refunds in JSON)"}},
+			[]string{`api_rate_limit runs before api_auth on srv0 route "host api.localhost": it keys on the principal`, "put api_rate_limit after api_auth (at the site's level the Caddyfile orders them for you); a limit meant for before api_auth is api_rate_limit_ip (share_refunds in JSON)"}},
 		{"api_idempotency before api_auth", `{"srv0":` + site(chain(jErrors, jIdem, jAuth, jProxy)) + `}`,
 			[]string{`api_idempotency runs before api_auth on srv0 route "host api.localhost": it scopes each Idempotency-Key`}},
 		{"api_etag before api_auth, in a matched route", `{"srv0":` + site(`[{"handle":[`+jErrors+`]},`+at("/v1/*", jETag)+`,{"handle":[`+jAuth+`,`+jProxy+`]}]`) + `}`,
@@ -111,7 +111,8 @@ func TestOrder(t *testing.T) {
 		{"api_etag before api_idempotency", `{"srv0":` + site(chain(jErrors, jAuth, jETag, jIdem, jProxy)) + `}`,
 			[]string{`api_etag runs before api_idempotency on srv0 route "host api.localhost": api_idempotency answers a retry`}},
 
-		{"a handler that answers ends the way", `{"srv0":` + site(`[{"handle":[`+jErrors+`]},`+at("/health", `{"handler":"static_response","body":"ok"}`)+`,{"handle":[`+jAuth+`,`+jProxy+`]}]`) + `}`, nil},
+		{"a site without api_errors", `{"srv0":` + site(chain(jCORS, jAuth, jETag, jProxy)) + `}`, nil},
+		{"a handler that answers ends the way", `{"srv0":` + site(`[{"handle":[`+jErrors+`]},`+at("/health", jETag, `{"handler":"static_response","body":"ok"}`)+`,{"handle":[`+jAuth+`,`+jProxy+`]}]`) + `}`, nil},
 		{"a group lets one route of it run", `{"srv0":` + site(`[{"handle":[`+jErrors+`]},{"group":"g","match":[{"path":["/a"]}],"handle":[`+jETag+`]},{"group":"g","handle":[`+jAuth+`,`+jProxy+`]}]`) + `}`, nil},
 		{"a terminal route ends the way", `{"srv0":` + site(`[{"handle":[`+jErrors+`]},{"match":[{"path":["/a"]}],"handle":[`+jETag+`],"terminal":true},{"handle":[`+jAuth+`,`+jProxy+`]}]`) + `}`, nil},
 		{"api_errors in handle_errors is not in the request chain", `{"srv0":{"listen":["127.0.0.1:0"],"automatic_https":{"disable":true},"routes":[{"handle":[` + sub(chain(jErrors, jAuth, jProxy)) + `]}],"errors":{"routes":[{"handle":[` + jAuth + `,` + jErrors + `]}]}}}`, nil},
@@ -217,6 +218,10 @@ func withRestgate(t *testing.T, cfg []byte) []byte {
 		t.Fatal(err)
 	}
 	apps, _ := c["apps"].(map[string]any)
+	if apps == nil {
+		apps = map[string]any{}
+		c["apps"] = apps
+	}
 	if _, ok := apps["restgate"]; !ok {
 		apps["restgate"] = map[string]any{}
 	}
