@@ -43,6 +43,16 @@ const defaultMaxErrorBody = 64 << 10
 //
 // Every response carries an `X-Request-Id` header (a sane client-sent one is
 // kept), which also goes upstream and into every problem as `request_id`.
+//
+// In the request chain it is the API site's front door, and the other
+// modules rely on it running before them on every route of the site: it
+// puts the request target in its canonical form (canon.Normalize: the one
+// spelling api_etag's and api_idempotency's keys start from), removes
+// client-sent identity headers (identity.Scrub: only api_auth may set
+// them), installs the require_auth guard (identity.Lock) and renders every
+// error they return. The restgate app refuses, at load time, a
+// configuration in which a route runs any of them before api_errors, or
+// without it where the site has one (modules/instance/order.go).
 type Handler struct {
 	// A base URI for the `type` member: the type becomes the base followed by
 	// the problem's code (e.g. `https://errors.example.com/` gives
