@@ -16,6 +16,10 @@
 //     route outside the API sites can answer for an API host without
 //     api_auth, such as a second site block for the API host with a path
 //     (apihosts.go);
+//   - refuses a configuration in which a route of an API site runs
+//     restgate's handlers out of the order they depend on (api_errors
+//     outermost, api_auth before what keys on the principal or can answer
+//     from a cache, ...), naming the route and the fix (order.go);
 //   - gives every reverse_proxy of an API site that has no response-header
 //     timeout a default one (upstream.go).
 //
