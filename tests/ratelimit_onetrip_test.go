@@ -3,7 +3,10 @@ package tests
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/restgate/restgate/internal/testredis"
 )
@@ -88,5 +91,83 @@ func TestRateLimitOneRoundTrip(t *testing.T) {
 		if h := r.Header.Get("WWW-Authenticate"); h != "" {
 			t.Errorf("%s over the per-IP limit: WWW-Authenticate %q tells the client about its credential", tc.name, h)
 		}
+	}
+}
+
+// TestRateLimitOneRoundTripCluster: the default Caddyfile on a Redis
+// Cluster (its redis block given the nodes). The per-IP and per-user
+// buckets of a request lie in different slots, so the paired decision is
+// one script per slot, sent at once; a refusal in either slot still
+// spends nothing in the other.
+func TestRateLimitOneRoundTripCluster(t *testing.T) {
+	const perIP, perUser = 10, 3
+	cluster, err := testredis.StartCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Stop)
+	const addressLine = "\t\taddress {$RESTGATE_REDIS}\n"
+	cfg := redisSwitch(t)
+	if strings.Count(cfg, addressLine) != 1 {
+		t.Fatalf("the default Caddyfile has %d %q, want 1", strings.Count(cfg, addressLine), addressLine)
+	}
+	cfg = strings.Replace(cfg, addressLine, addressLine+"\t\tcluster "+strings.Join(cluster.Addrs(), " ")+"\n", 1)
+	g := StartGateway(t, cfg, Options{Env: map[string]string{
+		"RESTGATE_RATE_PER_IP":   strconv.Itoa(perIP) + "/1h",
+		"RESTGATE_RATE_PER_USER": strconv.Itoa(perUser) + "/1h",
+	}})
+	c := g.Client()
+	bad := []string{"Authorization", "Bearer rg_test_nobody_000000000000000000000000009"}
+	steps := []struct {
+		headers []string
+		times   int
+		want    int
+		zone    string // of a 429
+	}{
+		{bearer("tester"), perUser, 200, ""},
+		{bearer("tester"), 2, 429, "per-user"}, // spends nothing in the per-IP slot
+		{bearer("alice"), perUser, 200, ""},
+		{bearer("alice"), 1, 429, "per-user"},
+		{bad, perIP - 2*perUser, 401, ""},
+		{bearer("bob"), 1, 429, "per-ip"}, // spends nothing in bob's slot
+		{bad, 1, 429, "per-ip"},
+	}
+	for i, s := range steps {
+		for j := range s.times {
+			r := Do(t, c, "GET", g.URL("/v1/events"), "", s.headers...)
+			if r.StatusCode != s.want {
+				t.Fatalf("step %d, request %d: %d %s, want %d", i, j+1, r.StatusCode, r.Body, s.want)
+			}
+			if s.want == 429 {
+				m := AssertProblem(t, r, 429)
+				if vp, _ := m["violated-policies"].([]any); len(vp) != 1 || vp[0] != s.zone {
+					t.Errorf("step %d: the 429 names %v, want %s", i, m["violated-policies"], s.zone)
+				}
+				if h := r.Header.Get("WWW-Authenticate"); h != "" {
+					t.Errorf("step %d: a 429 with WWW-Authenticate %q", i, h)
+				}
+			}
+		}
+	}
+	// bob's refused request took nothing from his bucket: his slot took a
+	// token while the address's slot refused, and gave it back (which
+	// wrote the bucket, full)
+	cc := cluster.Client()
+	defer cc.Close()
+	ctx := context.Background()
+	var bobTokens []string
+	err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		keys, err := node.Keys(ctx, "restgate:rl:per-user:*{bob}").Result()
+		for _, k := range keys {
+			v, _ := node.HGet(ctx, k, "t").Result()
+			bobTokens = append(bobTokens, v)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bobTokens) != 1 || bobTokens[0] != strconv.Itoa(perUser) {
+		t.Errorf("bob's per-user bucket holds %q tokens after a request the per-IP limit refused, want [%d]", bobTokens, perUser)
 	}
 }
