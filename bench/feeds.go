@@ -174,3 +174,30 @@ func percentile(xs []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	return s[min(int(float64(len(s))*p), len(s)-1)].Round(10 * time.Microsecond)
 }
+
+// runFeeds seeds the feed gateways and measures change feeds on them:
+// latency on the one on SQLite and across the two on PostgreSQL, and the
+// RSS of idle streams on one (fewer writes and streams in -smoke and
+// -quick runs).
+func runFeeds(o options, p ports, one server) (string, error) {
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
+	writes, idle := 300, 10_000
+	if o.smoke || o.quick {
+		writes, idle = 20, 200
+	}
+	target := func(port int) feedTarget {
+		return feedTarget{URL: fmt.Sprintf("http://127.0.0.1:%d/v1/events", port), Client: client, Key: benchKey}
+	}
+	for _, port := range []int{p.feedA, p.feedB, p.feedOne} {
+		if err := seedEvent(target(port).URL, benchKey); err != nil {
+			return "", err
+		}
+	}
+	feeds, err := feedsSection(target(p.feedOne), [2]feedTarget{target(p.feedA), target(p.feedB)}, one.pid, writes, idle)
+	if err != nil {
+		return "", fmt.Errorf("change feeds: %w", err)
+	}
+	return feeds, nil
+}
