@@ -159,9 +159,10 @@ var orderRules = []orderRule{
 	},
 }
 
-// checkOrder refuses an API site whose restgate handlers run in an order
-// another module depends on not being (see orderRules), naming the server,
-// the route and what to change.
+// checkOrder refuses a configuration in which a way through an API site
+// runs restgate's handlers out of the order they depend on (orderRules),
+// naming the server, the route and what to change, one line per rule
+// broken.
 func checkOrder(app *caddyhttp.App) error {
 	found := misorders(app)
 	if len(found) == 0 {
@@ -201,11 +202,11 @@ func misorders(app *caddyhttp.App) []string {
 // way is one way through the route tree, as far as the walk has come.
 type way struct {
 	ran    stages
-	api    bool     // it entered an API site
-	site   stages   // what the API sites it entered hold
-	groups []string // the route groups it has satisfied, sorted
-	where  []string // the matchers of the routes it entered, outermost first
-	at     [numStages]string
+	api    bool              // it entered an API site
+	site   stages            // what the API sites it entered hold
+	groups []string          // the route groups it has satisfied, sorted
+	where  []string          // the matchers of the routes it entered, outermost first
+	at     [numStages]string // where (route()) each stage it ran first ran
 }
 
 // key identifies what decides a way's future: two ways with one key meet
@@ -380,7 +381,7 @@ func stagesIn(hs []caddyhttp.MiddlewareHandler) stages {
 // handler after it runs.
 func answers(h caddyhttp.MiddlewareHandler) bool {
 	switch h := h.(type) {
-	case *reverseproxy.Handler, *resources.Handler, *caddyhttp.StaticResponse, caddyhttp.StaticResponse, *caddyhttp.StaticError:
+	case *reverseproxy.Handler, *resources.Handler, *caddyhttp.StaticResponse, *caddyhttp.StaticError:
 		return true
 	case *fileserver.FileServer:
 		return !h.PassThru
