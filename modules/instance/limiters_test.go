@@ -56,7 +56,7 @@ func TestPairLimiters(t *testing.T) {
 		{"after a terminal route", func(c chain) caddyhttp.RouteList {
 			return caddyhttp.RouteList{route(c.ip, c.auth), {Terminal: true}, route(c.user)}
 		}, false},
-		{"the limit before api_auth in a subroute of its own", func(c chain) caddyhttp.RouteList {
+		{"the limit in a subroute of its own (a subroute counts as a handler between)", func(c chain) caddyhttp.RouteList {
 			return caddyhttp.RouteList{route(sub(route(c.ip)), c.auth, c.user)}
 		}, false},
 		{"a limit before api_auth that is not per-IP", func(c chain) caddyhttp.RouteList {
