@@ -184,7 +184,8 @@ func (h *Handler) decidePair(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 	}
 	_, _ = ip.settle(w, r, repl, all[:k], ipDecided) // admitted: no error
-	if !ownRefused {                                 // a paired per-IP handler shares its refunds
+	// a paired per-IP handler shares its refunds (Pair)
+	if !ownRefused {
 		d.rf = ip.keepForRefund(r, ipDecided)
 	}
 	return h.serveDecided(w, r, next, repl, own, decided[k:n])
