@@ -53,7 +53,7 @@ func endToEnd(p ports, gw gateways, chainNote string) []config {
 		{"caddy reverse_proxy, 1 connection", at(p.caddy, "/doc"), "", "light load: latency without queueing", 1, gw.bare},
 		{"restgate, cache miss, 1 connection", at(p.miss, "/doc"), key, "light load: latency without queueing", 1, gw.rg},
 		{"caddy respond (ceiling inside Caddy)", at(p.respond, "/doc"), "", "the same 1 KiB body from `respond`: no proxy", 0, gw.bare},
-		{"restgate, cache miss, Redis store", at(p.missRedis, "/doc"), key, "both limits `store redis` (one script call each), `api_etag { redis }`", 0, gw.rg},
+		{"restgate, cache miss, Redis store", at(p.missRedis, "/doc"), key, "both limits `store redis` (paired: one script call for both), `api_etag { redis }`", 0, gw.rg},
 		{"restgate, cache miss, Redis store, 1 connection", at(p.missRedis, "/doc"), key, "light load", 1, gw.rg},
 		{rowCluster, at(p.missCluster, "/doc"), key, "the Redis store row on a 3-primary Redis Cluster (`redis { cluster … }`): both limits `store redis`, `api_etag { redis }`", 0, gw.cluster},
 		{"restgate → resources on SQLite", at(p.resSQLite, "/v1/events/GW150914"), key, "the full chain in front of the in-process resources, GET of one document", 0, gw.rg},

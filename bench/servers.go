@@ -421,13 +421,18 @@ const upstreamPool = "transport http {\n\t\t\tkeepalive_idle_conns_per_host 128\
 // globalOptions is a bench server's global options block, with its admin
 // address and storage directory as the first two verbs (%d, %s), then
 // extra's.
+//
+// Every server runs the restgate app (`restgate`), as the default Caddyfile
+// does: its load-time checks, and the pairing of the two rate limits into
+// one Redis script a request.
 func globalOptions(storage, extra string) string {
 	return `{
 	admin 127.0.0.1:%d
 	persist_config off
 	skip_install_trust
 	storage file_system %s/` + storage + `
-	auto_https disable_redirects` + extra + `
+	auto_https disable_redirects
+	restgate` + extra + `
 }`
 }
 
