@@ -26,6 +26,9 @@ const (
 	rowDefaultMiss  = "restgate, default chain, cache miss"
 	rowCaddyLogHit  = "caddy respond, access log + HSTS"
 	rowDefaultHit   = "restgate, default chain, cache hit"
+	// bare Caddy again, setting the fields the default chain adds
+	rowCaddyHdrMiss = "caddy reverse_proxy, access log + HSTS + the chain's fields"
+	rowCaddyHdrHit  = "caddy respond, access log + HSTS + the chain's fields"
 	// the Redis store row on a 3-primary Redis Cluster
 	rowCluster = "restgate, cache miss, Redis Cluster store"
 )
@@ -34,12 +37,14 @@ const (
 // the report lists them. chainNote describes the default Caddyfile's chain.
 func endToEnd(p ports, gw gateways, chainNote string) []config {
 	at := func(port int, path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", port, path) }
-	key := "X-API-Key: " + benchKey
+	key := keyHeader
 	return []config{
 		{"backend (ceiling)", at(p.backend, "/doc"), "", "wrk → backend", 0, gw.backend},
-		{rowCaddyLogMiss, at(p.caddyLog, "/doc"), "", "bare Caddy with the default Caddyfile's access log (to a file, api_redact) and HSTS", 0, gw.bare},
+		{rowCaddyLogMiss, at(p.caddyLog, "/doc"), key, "bare Caddy with the default Caddyfile's access log (to a file, api_redact) and HSTS, sent the same keyed request", 0, gw.bare},
+		{rowCaddyHdrMiss, at(p.caddyHdr, "/doc"), key, "the same, also setting every field the default chain adds to the response and to the upstream request (and removing the key from it), with the chain's values, by `header` and `request_header`", 0, gw.bare},
 		{rowDefaultMiss, at(p.def, "/doc"), key, chainNote + ", in front of reverse_proxy", 0, gw.def},
-		{rowCaddyLogHit, at(p.caddyLog, "/respond"), "", "the same 1 KiB body from `respond`, with the same access log and HSTS", 0, gw.bare},
+		{rowCaddyLogHit, at(p.caddyLog, "/respond"), key, "the same 1 KiB body from `respond`, with the same access log and HSTS", 0, gw.bare},
+		{rowCaddyHdrHit, at(p.caddyHdr, "/respond"), key, "the same, also setting the fields the chain's cache hit carries", 0, gw.bare},
 		{rowDefaultHit, at(p.def, "/cached"), key, "the same chain, answered from api_etag's cache", 0, gw.def},
 		{"caddy reverse_proxy", at(p.caddy, "/doc"), "", "the baseline", 0, gw.bare},
 		{"restgate, cache miss", at(p.miss, "/doc"), key, "errors, both limits, auth (10k keys), etag, proxy", 0, gw.rg},

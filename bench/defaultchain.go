@@ -10,9 +10,11 @@ import (
 
 // renderDefaultChain writes the default Caddyfile's chain against bare
 // Caddy with the same access log and HSTS: throughput, CPU and allocations
-// per request, and the issue's targets. row returns a configuration's
+// per request, and the issue's targets; then where the added cost lives:
+// in Caddy's work on the fields the chain adds (bare Caddy setting them
+// statically) or in restgate's handlers. row returns a configuration's
 // samples.
-func renderDefaultChain(b *strings.Builder, o options, row func(string) []sample, chainNote string) {
+func renderDefaultChain(b *strings.Builder, o options, row func(string) []sample, chainNote string, added addedHeaders) {
 	fmt.Fprintf(b, "## The default Caddyfile's chain\n\n%s, against bare Caddy with the same access log (to a file, through `api_redact`, `log_append request_id`) and the same HSTS header, in the same interleaved rounds, at %d connections, keyed (`X-API-Key`, 10,000 keys). Each server is its own process (one logged site each). CPU: user + system of the server's process group and of the backend, per request; allocations: the server process's heap allocations per request (`memstats.Mallocs` from its admin `/debug/vars`), whole process.\n\n", chainNote, o.conns)
 	b.WriteString("| path | restgate req/s | bare Caddy req/s | ratio of medians | per-round ratio (min–max) | CPU µs/req restgate | bare Caddy | added | allocs/req restgate | bare Caddy | added |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	type pair struct {
@@ -42,7 +44,29 @@ func renderDefaultChain(b *strings.Builder, o options, row func(string) []sample
 	}
 	b.WriteString("\n| target (default chain, end to end) | ratio | CPU added | |\n|---|---:|---:|---|\n")
 	b.WriteString(targets.String())
+	renderWhereItLives(b, row, added)
 	b.WriteString("\nThe rows below these (End to end, CPU per request, Targets) are the earlier, reduced chain (no access log, no HSTS, no `require_auth`, `api_cors` or `api_idempotency`): a second view, comparable with earlier reports.\n\n")
+}
+
+// renderWhereItLives splits the default chain's added CPU per request in
+// two, by the rows of bare Caddy setting the chain's fields statically:
+// Caddy's work on those fields, and restgate's handlers' own.
+func renderWhereItLives(b *strings.Builder, row func(string) []sample, added addedHeaders) {
+	fmt.Fprintf(b, "\nWhere the added CPU lives. The fields the chain adds, read from a running copy of it before the rounds: %s. Bare Caddy sets the same fields with the same values statically (`header`, `request_header`), in its own rows of the same rounds: what that adds to bare Caddy is Caddy's own work on those fields (setting, writing and logging them), which any handler adding them would cost; what the chain adds over that is restgate's handlers' work.\n\n", added.names())
+	b.WriteString("| path | bare Caddy | + the chain's fields, set statically | restgate's chain | Caddy's work on the fields | restgate's handlers | req/s: chain / Caddy with the fields |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	cpu := func(s []sample) float64 { return median(cpuOf(s, false)) + median(cpuOf(s, true)) }
+	for _, p := range [][4]string{
+		{"cache miss (proxied)", rowCaddyLogMiss, rowCaddyHdrMiss, rowDefaultMiss},
+		{"cache hit", rowCaddyLogHit, rowCaddyHdrHit, rowDefaultHit},
+	} {
+		bare, fields, chain := row(p[1]), row(p[2]), row(p[3])
+		var rs []float64
+		for k := range min(len(chain), len(fields)) {
+			rs = append(rs, chain[k].rps/fields[k].rps)
+		}
+		fmt.Fprintf(b, "| %s | %.1f µs | %.1f µs | %.1f µs | %+.1f µs | %+.1f µs | %.3f |\n", p[0], cpu(bare), cpu(fields), cpu(chain),
+			cpu(fields)-cpu(bare), cpu(chain)-cpu(fields), median(rs))
+	}
 }
 
 func metOrMissed(ok bool) string {

@@ -22,6 +22,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -118,6 +119,11 @@ func serveBackend(addr string) {
 		w.Header().Set("Cache-Control", "max-age=3600")
 		w.Write(doc)
 	})
+	// the request's fields as received: what a gateway adds and removes
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Header)
+	})
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.Fatal(srv.ListenAndServe())
 }
@@ -147,7 +153,7 @@ func run(o options) error {
 	}
 	defer st.stop()
 	defer s.stopAll()
-	gw, err := s.startAll(st, shipped)
+	gw, added, err := s.startAll(st, shipped)
 	if err != nil {
 		return err
 	}
@@ -178,7 +184,7 @@ func run(o options) error {
 		return err
 	}
 
-	report := render(o, results{configs, samples}, attacks, micro, chainNote, st.rtt) + "\n" + feeds
+	report := render(o, results{configs, samples}, attacks, micro, chainNote, added, st.rtt) + "\n" + feeds
 	if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
 		return err
 	}

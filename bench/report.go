@@ -56,10 +56,10 @@ type microReport struct{ stat, chain, handlers string }
 // render writes the report: the run's setup, the default Caddyfile's
 // chain, end to end, CPU per request, the targets, memory under attack
 // and the microbenchmarks.
-func render(o options, r results, attacks []attack, m microReport, chainNote string, redisRTT time.Duration) string {
+func render(o options, r results, attacks []attack, m microReport, chainNote string, added addedHeaders, redisRTT time.Duration) string {
 	var b strings.Builder
 	renderSetup(&b, o)
-	renderDefaultChain(&b, o, r.row, chainNote)
+	renderDefaultChain(&b, o, r.row, chainNote, added)
 	renderEndToEnd(&b, o, r)
 	renderCPU(&b, r)
 	renderTargets(&b, o, r, attacks, redisRTT)

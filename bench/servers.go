@@ -55,7 +55,7 @@ type gateways struct {
 type ports struct {
 	backend, caddy, caddyTLS, miss, hit, missTLS, nginxMiss, nginxHit int
 	adminCaddy, adminRG, respond, missRedis, resSQLite, resPG         int
-	def, adminDefault, caddyLog, missCluster, adminCluster            int
+	def, adminDefault, caddyLog, caddyHdr, missCluster, adminCluster  int
 	feedA, adminFeedA, feedB, adminFeedB, feedOne, adminFeedOne       int
 }
 
@@ -64,7 +64,7 @@ func pickPorts() (ports, error) {
 	fields := []*int{
 		&p.backend, &p.caddy, &p.caddyTLS, &p.miss, &p.hit, &p.missTLS, &p.nginxMiss, &p.nginxHit,
 		&p.adminCaddy, &p.adminRG, &p.respond, &p.missRedis, &p.resSQLite, &p.resPG,
-		&p.def, &p.adminDefault, &p.caddyLog, &p.missCluster, &p.adminCluster,
+		&p.def, &p.adminDefault, &p.caddyLog, &p.caddyHdr, &p.missCluster, &p.adminCluster,
 		&p.feedA, &p.adminFeedA, &p.feedB, &p.adminFeedB, &p.feedOne, &p.adminFeedOne,
 	}
 	free, err := freePorts(len(fields))
@@ -147,37 +147,46 @@ func (s *servers) caddy(name, caddyfile string, admin int) (server, error) {
 // restgate's reduced chain (on st's Redis and PostgreSQL), the same on
 // st's Redis Cluster, the default Caddyfile's chain as shipped, the feed
 // gateways and nginx.
-func (s *servers) startAll(st *stores, shipped chainbench.Shipped) (gw gateways, err error) {
+func (s *servers) startAll(st *stores, shipped chainbench.Shipped) (gw gateways, added addedHeaders, err error) {
 	if gw.backend, err = s.startBackend(); err != nil {
-		return gw, err
-	}
-	if gw.bare, err = s.startBare(shipped); err != nil {
-		return gw, err
+		return gw, added, err
 	}
 	if err := s.writeKeys(); err != nil {
-		return gw, err
+		return gw, added, err
+	}
+	// the default chain first: bare Caddy's "+ the chain's headers" site
+	// sets the fields it adds, read from it
+	if gw.def, err = s.startDefault(shipped); err != nil {
+		return gw, added, err
+	}
+	def := fmt.Sprintf("http://127.0.0.1:%d", s.ports.def)
+	if err := waitReady(config{url: def + "/doc", header: keyHeader}, 60*time.Second); err != nil {
+		return gw, added, fmt.Errorf("the default chain: %v (logs in %s)", err, s.dir)
+	}
+	if added, err = readAddedHeaders(def, fmt.Sprintf("http://127.0.0.1:%d", s.ports.backend), keyHeader); err != nil {
+		return gw, added, err
+	}
+	if gw.bare, err = s.startBare(shipped, added); err != nil {
+		return gw, added, err
 	}
 	if gw.rg, err = s.startReduced(st.redis.Addr, st.pgURL); err != nil {
-		return gw, err
+		return gw, added, err
 	}
 	if gw.cluster, err = s.startCluster(st.cluster.Addrs()); err != nil {
-		return gw, err
-	}
-	if gw.def, err = s.startDefault(shipped); err != nil {
-		return gw, err
+		return gw, added, err
 	}
 	// change feeds, measured after the rounds, started now, with the
 	// others: a port picked free and left unused through the rounds can
 	// be taken by one of their outgoing connections
 	feedsDB, err := st.pg.NewDatabase("feeds")
 	if err != nil {
-		return gw, err
+		return gw, added, err
 	}
 	if gw.feeds, err = s.startFeeds(feedsDB); err != nil {
-		return gw, err
+		return gw, added, err
 	}
 	gw.nginx, err = s.startNginx()
-	return gw, err
+	return gw, added, err
 }
 
 // accessLog is where the default Caddyfile's chain logs.
@@ -200,12 +209,16 @@ func (s *servers) startBackend() (server, error) {
 }
 
 // startBare starts bare Caddy: the same binary, no restgate directive. Its
-// sites: reverse_proxy, the same over HTTPS, `respond`, and reverse_proxy
-// or `respond` with the default Caddyfile's access log (to its own file)
-// and HSTS.
-func (s *servers) startBare(shipped chainbench.Shipped) (server, error) {
+// sites: reverse_proxy, the same over HTTPS, `respond`, reverse_proxy or
+// `respond` with the default Caddyfile's access log (to its own file) and
+// HSTS, and the same again setting the fields the default chain adds
+// (added), statically.
+func (s *servers) startBare(shipped chainbench.Shipped, added addedHeaders) (server, error) {
 	p := s.ports
-	bareLog := strings.ReplaceAll(shipped.Caddy, filepath.Join(s.dir, accessLog), filepath.Join(s.dir, "access-caddy.log"))
+	logTo := func(file string) string {
+		return strings.ReplaceAll(shipped.Caddy, filepath.Join(s.dir, accessLog), filepath.Join(s.dir, file))
+	}
+	bareLog := logTo("access-caddy.log")
 	caddyfile := fmt.Sprintf(globalOptions("caddy-bare", "")+`
 http://127.0.0.1:%d {
 	reverse_proxy 127.0.0.1:%d {
@@ -232,15 +245,29 @@ http://127.0.0.1:%d {
 		%[5]s
 	}
 }
-`, p.adminCaddy, s.dir, p.caddy, p.backend, upstreamPool, p.caddyTLS, p.backend, upstreamPool, p.respond, doc, p.caddyLog, bareLog)
+http://127.0.0.1:%[13]d {
+%[14]s%[15]s
+	handle /respond {
+%[16]s		header Content-Type application/json
+		respond `+"`%[10]s`"+` 200
+	}
+	handle {
+%[17]s		reverse_proxy 127.0.0.1:%[4]d {
+			%[5]s
+		}
+	}
+}
+`, p.adminCaddy, s.dir, p.caddy, p.backend, upstreamPool, p.caddyTLS, p.backend, upstreamPool, p.respond, doc, p.caddyLog, bareLog,
+		p.caddyHdr, logTo("access-caddy-headers.log"), added.requestHeaders(), headerBlock(added.hit), headerBlock(added.miss))
 	return s.caddy("bare", caddyfile, p.adminCaddy)
 }
 
 // keyCount is how many API keys the keyed servers know; benchKey is the
-// one wrk sends.
+// one wrk sends, in keyHeader.
 const (
-	keyCount = 10_000
-	benchKey = "rg_bench_key_0"
+	keyCount  = 10_000
+	benchKey  = "rg_bench_key_0"
+	keyHeader = "X-API-Key: " + benchKey
 )
 
 // writeKeys writes the keys file of the reduced chain and of the default
