@@ -7,9 +7,10 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 )
 
-// The "+ the chain's headers" rows answer where the default chain's added
+// The "+ the chain's fields" rows answer where the default chain's added
 // cost lives: bare Caddy, with the same access log and HSTS, sets every
 // field the chain adds to a response and to the upstream request, with the
 // chain's own values, statically (`header`, `request_header`). What that
@@ -25,8 +26,9 @@ type addedHeaders struct {
 	removed   []string
 }
 
-// proxiedByCaddy are fields Caddy's reverse_proxy or net/http set
-// themselves, on both sides of a comparison: never counted as the chain's.
+// proxiedByCaddy are fields that Caddy's reverse_proxy, net/http, Go's
+// client or the shipped Caddyfile's own `header` line set on both sides of
+// a comparison: never counted as the chain's.
 var proxiedByCaddy = []string{"Date", "Server", "Content-Length", "Content-Type", "Strict-Transport-Security",
 	"Via", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Accept-Encoding", "User-Agent"}
 
@@ -34,12 +36,13 @@ var proxiedByCaddy = []string{"Date", "Server", "Content-Length", "Content-Type"
 // the backend directly for the same documents, and keeps what differs.
 func readAddedHeaders(base, backend, header string) (addedHeaders, error) {
 	var a addedHeaders
+	client := &http.Client{Timeout: 10 * time.Second}
 	get := func(url string, keyed bool) (*http.Response, []byte, error) {
 		req, _ := http.NewRequest("GET", url, nil)
 		if k, v, ok := strings.Cut(header, ": "); ok && keyed {
 			req.Header.Set(k, v)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			return nil, nil, err
 		}
