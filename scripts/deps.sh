@@ -23,10 +23,23 @@ need=()
 for cmd in "${!pkg[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || need+=("${pkg[$cmd]}")
 done
-# Debian keeps initdb and pg_ctl in /usr/lib/postgresql/<version>/bin
-if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl >/dev/null 2>&1; then
-	need+=(postgresql)
-fi
+# PostgreSQL as internal/testpg runs it: initdb, pg_ctl and pg_basebackup in
+# one directory (on PATH, or Debian's /usr/lib/postgresql/<version>/bin, which
+# the package does not put on PATH), and, for a root shell, the postgres user
+# the servers run as (the package creates it)
+postgres_ok() {
+	local dirs=() d
+	command -v initdb >/dev/null 2>&1 && dirs+=("$(dirname "$(readlink -f "$(command -v initdb)")")")
+	dirs+=(/usr/lib/postgresql/*/bin)
+	if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+		return 1
+	fi
+	for d in "${dirs[@]}"; do
+		[ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_basebackup" ] && return 0
+	done
+	return 1
+}
+postgres_ok || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
@@ -45,7 +58,7 @@ if command -v apt-get >/dev/null 2>&1; then
 		for cmd in "${!pkg[@]}"; do
 			command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 		done
-		ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(pg_ctl)
+		postgres_ok || missing+=("PostgreSQL (initdb, pg_ctl, pg_basebackup; the postgres user when root)")
 		if [ ${#missing[@]} -gt 0 ]; then
 			echo "make deps: still missing after apt-get install: ${missing[*]}" >&2
 			exit 1
