@@ -91,24 +91,23 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		trace.Cache(r.Context(), [...]string{fwdMiss: trace.CacheMiss, fwdStale: trace.CacheStale, fwdRequest: trace.CacheBypass}[fwd])
 	}
 
-	// ask upstream; HEAD goes as GET so that its ETag is the GET's, and the
-	// client's validators stay here when the cache needs a full response
-	// (a GET without validators and nothing stale goes as it came: a copy
-	// of the request would change nothing)
-	upstream := r
-	if r.Method == http.MethodHead || h.store != nil && (stale != nil || hasValidators(r.Header)) {
-		upstream = r.Clone(r.Context())
-		upstream.Method = http.MethodGet
-		if h.store != nil {
-			delete(upstream.Header, "If-None-Match")
-			delete(upstream.Header, "If-Modified-Since")
-			if stale != nil {
-				if !stale.generated {
-					upstream.Header.Set("If-None-Match", stale.etag)
-				}
-				if !stale.lastModified.IsZero() {
-					upstream.Header.Set("If-Modified-Since", stale.lastModified.UTC().Format(http.TimeFormat))
-				}
+	// ask upstream with a copy: the handlers behind this one may change
+	// the request in place (rewrite, handle_path's prefix, request_header),
+	// and the cache key, the Vary values and the client's conditions are
+	// read from the client's request once upstream has answered. HEAD goes
+	// as GET so that its ETag is the GET's, and the client's validators
+	// stay here when the cache needs a full response.
+	upstream := r.Clone(r.Context())
+	upstream.Method = http.MethodGet
+	if h.store != nil {
+		delete(upstream.Header, "If-None-Match")
+		delete(upstream.Header, "If-Modified-Since")
+		if stale != nil {
+			if !stale.generated {
+				upstream.Header.Set("If-None-Match", stale.etag)
+			}
+			if !stale.lastModified.IsZero() {
+				upstream.Header.Set("If-Modified-Since", stale.lastModified.UTC().Format(http.TimeFormat))
 			}
 		}
 	}
