@@ -73,8 +73,8 @@ func TestPostgresSwitchover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer primary.Close(context.Background())
+	// the README's recipe, statement for statement
 	for _, sql := range []string{
-		`SET default_transaction_read_only = off`, // this session keeps writing
 		`ALTER SYSTEM SET default_transaction_read_only = on`,
 		`SELECT pg_reload_conf()`,
 	} {
@@ -82,8 +82,15 @@ func TestPostgresSwitchover(t *testing.T) {
 			t.Fatalf("fencing the primary: %s: %v", sql, err)
 		}
 	}
-	if err := rp.Promote(); err != nil {
+	promoter, err := pgx.Connect(ctx, rp.Standby.URL("postgres"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer promoter.Close(context.Background())
+	// pg_promote() waits (60 s at most) until the standby takes writes
+	var done bool
+	if err := promoter.QueryRow(ctx, `SELECT pg_promote()`).Scan(&done); err != nil || !done {
+		t.Fatalf("SELECT pg_promote(): %v, %v", done, err)
 	}
 	promoted := time.Now()
 
@@ -131,6 +138,6 @@ func TestPostgresSwitchover(t *testing.T) {
 	if n != 2*poolSize {
 		t.Errorf("the promoted standby holds %d of the %d writes after the switchover", n, 2*poolSize)
 	}
-	t.Logf("%d writes failed (503) after the switchover with a pool of %d; the first write acknowledged %v after pg_ctl promote returned; every later one is on the promoted standby",
+	t.Logf("%d writes failed (503) after the switchover with a pool of %d; the first write acknowledged %v after pg_promote() returned; every later one is on the promoted standby",
 		failed, poolSize, resumed.Round(time.Millisecond))
 }

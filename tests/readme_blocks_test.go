@@ -172,7 +172,7 @@ var readmeShellNotRun = map[string]string{
 	"OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318": "starts a gateway in the foreground for a collector (TestTraces runs the same recipe with its own OTLP receiver)",
 	"sed -f deploy/gateways.sed Caddyfile":              "the deploy/ recipe needs root and systemd (TestDeployGateways runs it as written)",
 	"KEY=$(cat data/dev.key)":                           "TestReadmeQuickStart runs it",
-	"ALTER SYSTEM SET default_transaction_read_only":    "a switchover on the reader's PostgreSQL hosts (TestPostgresSwitchover runs the same two statements on loopback)",
+	"ALTER SYSTEM SET default_transaction_read_only":    "a switchover on the reader's PostgreSQL hosts (TestPostgresSwitchover sends the same three statements on loopback)",
 }
 
 // TestReadmeShellBlocks runs every other ```sh block of the README as
