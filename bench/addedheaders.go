@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -157,14 +158,7 @@ func (a addedHeaders) names() string {
 	return s
 }
 
-func sortedNames(h http.Header) []string {
-	names := make([]string, 0, len(h))
-	for n := range h {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+func sortedNames(h http.Header) []string { return slices.Sorted(maps.Keys(h)) }
 
 // caddyQuote quotes a value for a Caddyfile, as one token.
 func caddyQuote(v string) string {

@@ -90,15 +90,19 @@ func seedEvent(url, key string) error {
 		req, _ := http.NewRequest("POST", url, strings.NewReader(`{"name": "GW150914", "meta": {"padding": "`+strings.Repeat("x", 900)+`"}}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-API-Key", key)
+		last := ""
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusConflict {
 				return nil
 			}
+			last = resp.Status
+		} else {
+			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("seeding %s: %v %v", url, err, resp)
+			return fmt.Errorf("seeding %s: not created within 60 s: %s", url, last)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -293,7 +293,7 @@ func (s *servers) chainTo(etag, store, terminal string) string {
 	return fmt.Sprintf(`	api_errors
 	api_rate_limit_ip {
 		zone per-ip 1000000000/1s
-		%[5]s
+		%[4]s
 	}
 	api_auth {
 		keys_file %[1]s/keys.yaml
@@ -301,11 +301,11 @@ func (s *servers) chainTo(etag, store, terminal string) string {
 	}
 	api_rate_limit {
 		zone per-user 1000000000/1s
-		%[5]s
+		%[4]s
 	}
 	%[2]s
 	%[3]s
-`, s.dir, etag, terminal, "", store)
+`, s.dir, etag, terminal, store)
 }
 
 // chain is the reduced chain in front of the backend.
