@@ -549,7 +549,8 @@ func TestRedisAndRedisAutoContradict(t *testing.T) {
 // the 428 (it was: the path matcher does not match /x/ for /x).
 func TestRequireIfMatchSpellings(t *testing.T) {
 	h, _ := newETag(t, "api_etag {\n require_if_match /v1/config /v1/locked/*\n}")
-	o := &origin{docs: map[string]string{"/v1/config": `{}`, "/v1/config/": `{}`, "/v1/locked/1": `{}`, "/v1/locked/1/": `{}`, "/v1/other/": `{}`}}
+	o := &origin{docs: map[string]string{"/v1/config": `{}`, "/v1/config/": `{}`, "/v1/locked/1": `{}`, "/v1/locked/1/": `{}`, "/v1/other/": `{}`,
+		"/v1/config;v=1": `{}`, "/v1/CONFIG": `{}`, "/v1/locked;x/1": `{}`, "/v1/locked/1;v=2/": `{}`, "/v1/other;v=1": `{}`}}
 	tests := []struct {
 		path string
 		want int
@@ -559,7 +560,12 @@ func TestRequireIfMatchSpellings(t *testing.T) {
 		{"/v1/config//", 428},
 		{"/v1/locked/1", 428},
 		{"/v1/locked/1/", 428},
+		{"/v1/config;v=1", 428},
+		{"/v1/CONFIG", 428},
+		{"/v1/locked;x/1", 428},
+		{"/v1/locked/1;v=2/", 428},
 		{"/v1/other/", 200},
+		{"/v1/other;v=1", 200},
 		{"/", 200},
 	}
 	for _, tt := range tests {

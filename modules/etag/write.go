@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,9 +26,10 @@ import (
 )
 
 // requiresIfMatch reports whether require_if_match covers r's resource.
-// The resource key ignores a trailing slash (/v1/config/ is /v1/config,
-// under one lock), so the paths do too: the other spelling must not be a
-// way around the 428.
+// The paths are matched as sent and as the resource key spells them (no
+// trailing slash, no `;params`, lower case: /v1/config/ and
+// /v1/config;v=1 are /v1/config, under one lock), so that no other
+// spelling of a resource is a way around the 428.
 func (h *Handler) requiresIfMatch(r *http.Request) bool {
 	if len(h.RequireIfMatch) == 0 {
 		return false
@@ -37,18 +37,15 @@ func (h *Handler) requiresIfMatch(r *http.Request) bool {
 	if h.RequireIfMatch.Match(r) {
 		return true
 	}
-	p := r.URL.Path
-	if len(p) < 2 || !strings.HasSuffix(p, "/") {
+	key := canon.ResourceKey(r)
+	if key == r.URL.Path {
 		return false
 	}
 	u := *r.URL
-	u.Path, u.RawPath = strings.TrimRight(p, "/"), strings.TrimRight(u.RawPath, "/")
-	if u.Path == "" {
-		return false
-	}
-	trimmed := *r
-	trimmed.URL = &u
-	return h.RequireIfMatch.Match(&trimmed)
+	u.Path, u.RawPath = key, ""
+	keyed := *r
+	keyed.URL = &u
+	return h.RequireIfMatch.Match(&keyed)
 }
 
 // serveWrite handles every unsafe method: a conditional PUT, PATCH or
