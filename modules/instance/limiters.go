@@ -27,12 +27,14 @@ func pairLimiters(app *caddyhttp.App, logger *zap.Logger) {
 type pairFunc func(ip, user *ratelimit.Handler) error
 
 // pairIn pairs the limiters of one route list and of the subroutes in it.
-// A route with matchers may not run: the handlers before it and after it
+// A route with matchers, or in a group (Caddy runs only the first of a
+// group that matches), may not run: the handlers before it and after it
 // are not consecutive, and neither are those after a terminal route.
 func pairIn(routes caddyhttp.RouteList, pair pairFunc, logger *zap.Logger) {
 	var seq []caddyhttp.MiddlewareHandler
 	for _, r := range routes {
-		if len(r.MatcherSets) > 0 {
+		mayNotRun := len(r.MatcherSets) > 0 || r.Group != ""
+		if mayNotRun {
 			pairSeq(seq, pair, logger)
 			seq = seq[:0]
 		}
@@ -42,7 +44,7 @@ func pairIn(routes caddyhttp.RouteList, pair pairFunc, logger *zap.Logger) {
 			}
 			seq = append(seq, h) // a subroute is something in between
 		}
-		if len(r.MatcherSets) > 0 || r.Terminal {
+		if mayNotRun || r.Terminal {
 			pairSeq(seq, pair, logger)
 			seq = seq[:0]
 		}

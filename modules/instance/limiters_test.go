@@ -53,6 +53,12 @@ func TestPairLimiters(t *testing.T) {
 		{"the second limit in a route with matchers", func(c chain) caddyhttp.RouteList {
 			return caddyhttp.RouteList{route(c.ip, c.auth), {MatcherSets: matcher, Handlers: []caddyhttp.MiddlewareHandler{c.user}}}
 		}, false},
+		{"api_auth and the second limit in two routes of one group (Caddy runs the first only)", func(c chain) caddyhttp.RouteList {
+			return caddyhttp.RouteList{{Group: "g", Handlers: []caddyhttp.MiddlewareHandler{c.ip, c.auth}}, {Group: "g", Handlers: []caddyhttp.MiddlewareHandler{c.user}}}
+		}, false},
+		{"all three in one route of a group", func(c chain) caddyhttp.RouteList {
+			return caddyhttp.RouteList{{Group: "g", Handlers: []caddyhttp.MiddlewareHandler{c.ip, c.auth, c.user}}, {Group: "g", Handlers: []caddyhttp.MiddlewareHandler{other}}}
+		}, true},
 		{"after a terminal route", func(c chain) caddyhttp.RouteList {
 			return caddyhttp.RouteList{route(c.ip, c.auth), {Terminal: true}, route(c.user)}
 		}, false},
@@ -85,8 +91,20 @@ func TestPairLimiters(t *testing.T) {
 			}
 		})
 	}
-	// a refusal leaves the handlers alone; a nil app is no app
-	pairIn(caddyhttp.RouteList{route(newChain().ip, new(apiauth.Handler), new(ratelimit.Handler))},
-		func(ip, user *ratelimit.Handler) error { return errors.New("not on Redis") }, zap.NewNop())
+	// a chain whose limits refuse to pair (not on Redis) does not stop the
+	// walk: the next chain is still offered; a nil app is no app
+	first, second := newChain(), newChain()
+	var offered []*ratelimit.Handler
+	pairIn(caddyhttp.RouteList{route(first.ip, first.auth, first.user, other, second.ip, second.auth, second.user)},
+		func(ip, user *ratelimit.Handler) error {
+			offered = append(offered, ip)
+			if ip == first.ip {
+				return errors.New("not on Redis")
+			}
+			return nil
+		}, zap.NewNop())
+	if len(offered) != 2 || offered[0] != first.ip || offered[1] != second.ip {
+		t.Errorf("after a refusal: %d chains offered, want both, in order", len(offered))
+	}
 	pairLimiters(nil, zap.NewNop())
 }
