@@ -38,13 +38,14 @@ func TestPostgresReadOnlyConnRecycled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(context.Background())
-	exec := func(sql string, args ...any) {
+	// exec runs an admin statement, failing the (sub)test t
+	exec := func(t *testing.T, sql string) {
 		t.Helper()
-		if _, err := admin.Exec(ctx, sql, args...); err != nil {
+		if _, err := admin.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	exec(`SET default_transaction_read_only = off`) // this session writes on
+	exec(t, `SET default_transaction_read_only = off`) // this session writes on
 
 	tests := []struct {
 		name  string
@@ -71,12 +72,12 @@ func TestPostgresReadOnlyConnRecycled(t *testing.T) {
 
 			// new sessions on db take writes; the open ones stop, on the
 			// reload
-			exec(`ALTER DATABASE ` + pgx.Identifier{db}.Sanitize() + ` SET default_transaction_read_only = off`)
-			exec(`ALTER SYSTEM SET default_transaction_read_only = on`)
-			exec(`SELECT pg_reload_conf()`)
+			exec(t, `ALTER DATABASE ` + pgx.Identifier{db}.Sanitize() + ` SET default_transaction_read_only = off`)
+			exec(t, `ALTER SYSTEM SET default_transaction_read_only = on`)
+			exec(t, `SELECT pg_reload_conf()`)
 			t.Cleanup(func() {
-				exec(`ALTER SYSTEM RESET default_transaction_read_only`)
-				exec(`SELECT pg_reload_conf()`)
+				exec(t, `ALTER SYSTEM RESET default_transaction_read_only`)
+				exec(t, `SELECT pg_reload_conf()`)
 			})
 
 			// a session takes the reload before its next statement, once
