@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -131,6 +132,32 @@ func TestDefaultCaddyfile(t *testing.T) {
 		waitFor(t, 5*time.Second, "a log line with the request id", func() bool {
 			return strings.Contains(g.Logs(), `"request_id":"trace-me-123"`)
 		})
+		// the three fields the Caddyfile leaves out of the line are in the
+		// response, and the line's other response fields are kept
+		for _, f := range []string{"X-Request-Id", "Ratelimit-Policy", "Strict-Transport-Security"} {
+			if r.Header.Get(f) == "" {
+				t.Errorf("the response has no %s", f)
+			}
+		}
+		for _, line := range strings.Split(g.Logs(), "\n") {
+			if !strings.Contains(line, `"request_id":"trace-me-123"`) {
+				continue
+			}
+			var entry struct {
+				RespHeaders http.Header `json:"resp_headers"`
+			}
+			if err := json.Unmarshal([]byte(line), &entry); err != nil {
+				t.Fatalf("the access log line: %v: %s", err, line)
+			}
+			for _, f := range []string{"X-Request-Id", "Ratelimit-Policy", "Strict-Transport-Security"} {
+				if _, ok := entry.RespHeaders[f]; ok {
+					t.Errorf("the access log line has resp_headers>%s, which the Caddyfile deletes: %s", f, line)
+				}
+			}
+			if entry.RespHeaders.Get("Content-Type") == "" || entry.RespHeaders.Get("Ratelimit") == "" {
+				t.Errorf("the access log line lost a response field it keeps: %s", line)
+			}
+		}
 	})
 
 	t.Run("HSTS on the API host", func(t *testing.T) {
