@@ -72,7 +72,7 @@ func TestPostgresReadOnlyConnRecycled(t *testing.T) {
 
 			// new sessions on db take writes; the open ones stop, on the
 			// reload
-			exec(t, `ALTER DATABASE ` + pgx.Identifier{db}.Sanitize() + ` SET default_transaction_read_only = off`)
+			exec(t, `ALTER DATABASE `+pgx.Identifier{db}.Sanitize()+` SET default_transaction_read_only = off`)
 			exec(t, `ALTER SYSTEM SET default_transaction_read_only = on`)
 			exec(t, `SELECT pg_reload_conf()`)
 			t.Cleanup(func() {

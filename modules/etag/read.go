@@ -171,12 +171,6 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 	return nil
 }
 
-// hasValidators reports whether h carries a validator the cache keeps
-// from upstream (If-None-Match, If-Modified-Since).
-func hasValidators(h http.Header) bool {
-	return len(h["If-None-Match"]) > 0 || len(h["If-Modified-Since"]) > 0
-}
-
 // isLength reports whether a Content-Length value is n, without allocating
 // (the upstream's own length is kept when it is the held body's).
 func isLength(v string, n int) bool {
